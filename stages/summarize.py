@@ -1,0 +1,92 @@
+"""Collect a pipeline run into summary.json, with provenance.
+
+Keys: checkpoint, metrics {baseline, finetuned, delta, delta_ci95}, generation_dir,
+generation_eval {count, metrics, relaxed} or {error}, and provenance (crygen, mattergen and
+torch versions, git commit, settings and seeds, device, wall time of each stage).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import click
+
+import crygen
+from crygen.cli import stage
+from crygen.fileio import CrygenError, read_json, write_json
+
+
+def git_commit() -> str | None:
+    root = Path(crygen.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out = {"crygen": crygen.__version__, "python": platform.python_version()}
+    for pkg in ("mattergen", "torch", "pytorch-lightning", "pymatgen", "torch_scatter", "torch_sparse"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@click.command(help=__doc__)
+@click.option("--run-dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--settings", required=True, help="JSON object of the run's settings (from the Makefile).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Default: RUN_DIR/summary.json.")
+@stage("summarize")
+def main(run_dir: Path, settings: str, out: Path | None):
+    try:
+        settings_obj = json.loads(settings)
+    except json.JSONDecodeError as e:
+        raise CrygenError(None, f"--settings is not JSON ({e.msg})") from None
+    ckpt = run_dir / "finetune" / "checkpoints" / "last.ckpt"
+    metrics = read_json(run_dir / "evaluation" / "metrics.json")
+    gen_dir = run_dir / "generation" / "results"
+    eval_summary = gen_dir / "metrics_summary.json"
+    eval_error = gen_dir / "EVALUATION_FAILED.txt"
+    if eval_summary.is_file() and not eval_error.is_file():
+        s = read_json(eval_summary)
+        generation_eval = {k: s[k] for k in ("count", "metrics", "relaxed")}
+    else:
+        reason = eval_error.read_text().strip() if eval_error.is_file() else "no metrics_summary.json"
+        generation_eval = {"error": reason}
+    timings = {}
+    for f in sorted((run_dir / "timings").glob("*.json")):
+        t = read_json(f)
+        timings[t["stage"]] = {"wall_s": t["wall_s"], "peak_rss_mb": t["peak_rss_mb"]}
+    gen_info = read_json(gen_dir / "generation.json") if (gen_dir / "generation.json").is_file() else {}
+    summary = {
+        "checkpoint": str(ckpt.resolve()),
+        "metrics": {k: metrics[k] for k in ("baseline", "finetuned", "delta", "delta_ci95")},
+        "generation_dir": str(gen_dir.resolve()),
+        "generation_eval": generation_eval,
+        "provenance": {
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "settings": settings_obj,
+            "seeds": {"pipeline": settings_obj.get("SEED"), "validation": metrics.get("seed"),
+                      "generation": gen_info.get("seed")},
+            "device": gen_info.get("device"),
+            "validation": {k: metrics.get(k) for k in ("n_val", "draws", "pairing")},
+            "stages": timings,
+        },
+    }
+    write_json(out or run_dir / "summary.json", summary)
+    click.echo(f"summarize: {out or run_dir / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()

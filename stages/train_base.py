@@ -1,0 +1,80 @@
+"""Train crygen's embedded base model: a small MatterGen (GemNet-T denoiser, MatterGen's
+corruption and loss) from scratch on a prepared dataset, written as a MatterGen model dir.
+
+The recipe (data hash, sizes, steps, seed, wall time) is recorded in the model dir's
+crygen_model.json. Interrupted training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from crygen.cli import pick_device, seed_everything, stage
+from crygen.fileio import CrygenError, read_json
+
+
+@click.command(help=__doc__)
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder from prepare_data.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model dir to write.")
+@click.option("--work-dir", required=True, type=click.Path(path_type=Path), help="Scratch folder for checkpoints.")
+@click.option("--max-steps", default=10000, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--lr", default=5e-4, show_default=True, type=float)
+@click.option("--hidden-dim", default=64, show_default=True, type=int)
+@click.option("--num-blocks", default=2, show_default=True, type=int)
+@click.option("--max-neighbors", default=12, show_default=True, type=int)
+@click.option("--cutoff", default=7.0, show_default=True, type=float)
+@click.option("--diffusion-steps", default=250, show_default=True, type=int)
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@stage("train_base")
+def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks, max_neighbors, cutoff,
+         diffusion_steps, seed, device):
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from crygen import mattergen_compat as mc
+    from crygen.training import fit
+
+    dataset = read_json(Path(data) / "dataset.json")
+    if not (Path(data) / "train" / "pos.npy").is_file():
+        raise CrygenError(data, "not a prepared dataset (no train/pos.npy)")
+    device = pick_device(device)
+    seed_everything(seed)
+    mc.ensure_mattergen_files()
+    denoiser = mc.denoiser_config(
+        hidden_dim=hidden_dim, num_blocks=num_blocks, cutoff=cutoff, max_neighbors=max_neighbors,
+        emb_size_trip=hidden_dim // 2, emb_size_bil_trip=hidden_dim // 2, num_radial=32,
+    )
+    lm = mc.lightning_module_config(mc.diffusion_module_config(denoiser, diffusion_steps), lr=lr)
+    config = mc.model_config(lm, mc.data_module_config(data, batch_size=batch_size))
+    module = instantiate(config["lightning_module"])
+    # max_steps is left out: a finished run asked for more steps continues from its checkpoint
+    settings = {"data_sha256": dataset["input_sha256"], "config": config, "seed": seed}
+    start = time.time()
+    last, _ = fit(module, config, work_dir, settings, max_steps=max_steps,
+               accelerator="gpu" if device.startswith("cuda") else "cpu", checkpoint_every=200, progress_every=100)
+    n_params = sum(p.numel() for p in module.parameters())
+    info = {
+        "kind": "crygen embedded base model",
+        "recipe": {
+            "dataset": dataset,
+            "max_steps": max_steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "device": device,
+            "train_wall_s_last_session": round(time.time() - start, 1),
+            "parameters": n_params,
+        },
+        "num_atoms_distribution": mc.num_atoms_distribution(np.load(Path(data) / "train" / "num_atoms.npy")),
+    }
+    mc.write_model_dir(out, config, last, info)
+    click.echo(f"train_base: {n_params} parameters, {max_steps} steps -> {out}")
+
+
+if __name__ == "__main__":
+    main()

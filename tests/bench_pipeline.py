@@ -1,0 +1,94 @@
+"""Benchmarks for the figures the issues ask for (not a test: run it, read its JSON).
+
+    python tests/bench_pipeline.py [--setup cold|warm|none] [--num-gen-throughput 32]
+
+* set-up: ``make setup`` into a fresh venv of a fresh clone, with an empty pip cache
+  (cold: compiles torch_scatter/torch_sparse, downloads everything) or the user's (warm);
+* ``make pipeline EPOCHS=1 NUM_GEN=4`` in a fresh run folder: wall time and peak RSS of
+  every stage (from the stages' own timing records) and the whole;
+* generation throughput at the automatic batch size against the old fixed batch of 4.
+
+Results go to stdout and to runs/bench/bench.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def time_setup(mode: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="crygen-setup-") as tmp:
+        clone = Path(tmp) / "crygen"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        env = dict(os.environ)
+        if mode == "cold":
+            env["PIP_CACHE_DIR"] = str(Path(tmp) / "pip-cache")
+        start = time.time()
+        subprocess.run(["make", "-C", str(clone), "setup"], check=True, env=env)
+        return {"mode": mode, "wall_s": round(time.time() - start, 1)}
+
+
+def time_pipeline(out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.time()
+    subprocess.run(["make", "-C", str(ROOT), "pipeline", "EPOCHS=1", "NUM_GEN=4", f"OUT={out}"], check=True)
+    total = time.time() - start
+    stages = {}
+    for f in sorted((out / "timings").glob("*.json")):
+        t = json.loads(f.read_text())
+        stages[t["stage"]] = {"wall_s": t["wall_s"], "peak_rss_mb": t["peak_rss_mb"]}
+    start = time.time()
+    subprocess.run(["make", "-C", str(ROOT), "pipeline", "EPOCHS=1", "NUM_GEN=4", f"OUT={out}"], check=True,
+                   capture_output=True)
+    return {"total_wall_s": round(total, 1), "second_run_wall_s": round(time.time() - start, 2), "stages": stages}
+
+
+def time_generation(model_dir: Path, num_gen: int) -> dict:
+    from crygen.generation import auto_batch_size, generate
+    from crygen.mattergen_compat import load_model_config
+
+    auto = auto_batch_size(num_gen, load_model_config(model_dir), "cpu")
+    rows = {}
+    for label, batch in (("auto", auto), ("fixed_4", 4)):
+        r = generate(model_dir, num_gen, seed=0, batch_size=batch, record_trajectories=False, log=lambda m: None)
+        rows[label] = {"batch_size": batch, "seconds": round(r.seconds, 1),
+                       "structures_per_minute": round(len(r.structures) / r.seconds * 60, 2)}
+    rows["speedup"] = round(rows["auto"]["structures_per_minute"] / rows["fixed_4"]["structures_per_minute"], 2)
+    return rows
+
+
+@click.command()
+@click.option("--setup", "setup_mode", type=click.Choice(["cold", "warm", "none"]), default="none")
+@click.option("--pipeline/--no-pipeline", default=True)
+@click.option("--num-gen-throughput", default=32, show_default=True)
+def main(setup_mode: str, pipeline: bool, num_gen_throughput: int) -> None:
+    out = ROOT / "runs" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"cpu_count": os.cpu_count()}
+    if setup_mode != "none":
+        results["setup"] = time_setup(setup_mode)
+    if pipeline:
+        results["pipeline"] = time_pipeline(out / "pipeline")
+        model = out / "pipeline" / "generation" / "model_for_generation"
+    else:
+        model = ROOT / "data" / "base_model"
+    if num_gen_throughput:
+        results["generation_throughput"] = time_generation(model, num_gen_throughput)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    json.dump(results, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Shared fixtures: CPU only, float32, a deterministic seed per test, small real data and
+a small real (untrained) MatterGen model."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+
+from tests.helpers import BASE_MODEL, DEMO_DATA, demo_subset, run_stage
+
+TINY_DIFFUSION_STEPS = 10  # sampler N must equal it; keeps sampling tests to seconds
+
+
+@pytest.fixture(autouse=True)
+def _deterministic(request):
+    import numpy as np
+    import torch
+
+    torch.set_default_dtype(torch.float32)
+    seed = zlib.crc32(request.node.nodeid.encode())
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    yield
+
+
+@pytest.fixture(scope="session")
+def demo_data():
+    if not DEMO_DATA.is_file():
+        pytest.fail(f"{DEMO_DATA} missing: run `make data` (make test does)")
+    return DEMO_DATA
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, demo_data):
+    """40 demo crystals prepared into MatterGen's cache (36 train / 4 val)."""
+    root = tmp_path_factory.mktemp("small_dataset")
+    xyz = demo_subset(root / "small.extxyz", 40)
+    run_stage("prepare_data", "--input", xyz, "--out", root / "data", "--seed", "1")
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, small_dataset):
+    """A MatterGen model dir with a tiny, randomly initialised GemNet denoiser."""
+    import torch
+    from hydra.utils import instantiate
+
+    from crygen import mattergen_compat as mc
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    mc.ensure_mattergen_files()
+    torch.manual_seed(0)
+    denoiser = mc.denoiser_config(hidden_dim=16, num_blocks=1, max_neighbors=8, emb_size_trip=8,
+                                  emb_size_bil_trip=8, num_radial=8)
+    lm = mc.lightning_module_config(mc.diffusion_module_config(denoiser, TINY_DIFFUSION_STEPS))
+    config = mc.model_config(lm, mc.data_module_config(small_dataset, batch_size=8))
+    module = instantiate(config["lightning_module"])
+    ckpt = root / "init.ckpt"
+    torch.save({"state_dict": module.state_dict(), "config": config}, ckpt)
+    return mc.write_model_dir(root / "model", config, ckpt,
+                              {"num_atoms_distribution": {"2": 0.5, "4": 0.5}})
+
+
+@pytest.fixture(scope="session")
+def fast_base_model(tmp_path_factory):
+    """The embedded base model, sampled with 25 instead of 1000 reverse steps.
+
+    The denoiser is trained on continuous time, so a coarser schedule is the same model,
+    sampled faster (and less well): tests check mechanics, ``test_base_model`` quality."""
+    import shutil
+
+    import yaml
+
+    from crygen import mattergen_compat as mc
+
+    mc.check_model_dir(BASE_MODEL)
+    dest = tmp_path_factory.mktemp("fast_base") / "model"
+    shutil.copytree(BASE_MODEL, dest)
+    config = mc.load_model_config(dest)
+    d3pm = config["lightning_module"]["diffusion_module"]["corruption"]["discrete_corruptions"]["atomic_numbers"]
+    d3pm["d3pm"]["schedule"]["num_steps"] = 25
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest

@@ -1,0 +1,121 @@
+"""stages/generate.py and crygen.generation on a tiny real MatterGen model."""
+
+from __future__ import annotations
+
+import zipfile
+
+import ase.io
+import pytest
+
+from crygen import generation
+from tests.helpers import error_line, run_stage
+
+
+def test_generate_writes_all_outputs(tmp_path, fast_base_model):
+    out = tmp_path / "results"
+    run_stage("generate", "--base-model", fast_base_model, "--finetuned", fast_base_model,
+              "--model-out", tmp_path / "mfg", "--out", out, "--num-gen", 3, "--seed", 7)
+    frames = ase.io.read(out / "generated_crystals.extxyz", ":")
+    assert len(frames) == 3
+    with zipfile.ZipFile(out / "generated_crystals_cif.zip") as zf:
+        assert sorted(zf.namelist()) == ["gen_0.cif", "gen_1.cif", "gen_2.cif"]
+    with zipfile.ZipFile(out / "generated_trajectories.zip") as zf:
+        assert len(zf.namelist()) == 3
+    assert (tmp_path / "mfg" / "config.yaml").is_file()
+    assert (tmp_path / "mfg" / "checkpoints" / "last.ckpt").is_file()
+    # atom counts follow the model's recorded distribution (its training data's)
+    from crygen import mattergen_compat as mc
+
+    allowed = {int(n) for n in mc.read_model_info(fast_base_model)["num_atoms_distribution"]}
+    assert {len(f) for f in frames} <= allowed
+
+
+def test_model_for_generation_loads_in_mattergens_generator(tmp_path, fast_base_model):
+    """MatterGen's own CrystalGenerator samples from the dir crygen writes."""
+    from mattergen.generator import CrystalGenerator
+
+    from crygen import mattergen_compat as mc
+
+    generator = CrystalGenerator(
+        checkpoint_info=mc.checkpoint_info(fast_base_model),
+        batch_size=2, num_batches=1,
+        sampling_config_path=mc.SAMPLING_CONFIG_DIR,
+        sampling_config_overrides=mc.sampling_overrides(mc.load_model_config(fast_base_model)),
+        record_trajectories=False,
+    )
+    structures = generator.generate(output_dir=str(tmp_path))
+    assert len(structures) == 2
+    assert (tmp_path / "generated_crystals.extxyz").is_file()
+
+
+def test_same_seed_same_structures(fast_base_model):
+    a = generation.generate(fast_base_model, 2, seed=5, record_trajectories=False)
+    b = generation.generate(fast_base_model, 2, seed=5, record_trajectories=False)
+    assert [s.composition for s in a.structures] == [s.composition for s in b.structures]
+    assert a.structures[0].lattice.abc == pytest.approx(b.structures[0].lattice.abc)
+
+
+def test_a_diverging_batch_is_drawn_again(fast_base_model, monkeypatch):
+    """The first batch raises as GemNet does when a cell blows up; generation goes on."""
+    real = generation._sampler
+    calls = {"n": 0}
+
+    def flaky_sampler(*args, **kwargs):
+        sampler = real(*args, **kwargs)
+        original = sampler.sample
+
+        def sample(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("cannot reshape tensor of 0 elements (no neighbours)")
+            return original(*a, **k)
+
+        sampler.sample = sample
+        return sampler
+
+    monkeypatch.setattr(generation, "_sampler", flaky_sampler)
+    result = generation.generate(fast_base_model, 4, seed=1, batch_size=4, record_trajectories=False)
+    assert len(result.structures) == 4
+    assert result.failed_batches == ["batch 1: RuntimeError: cannot reshape tensor of 0 elements (no neighbours)"]
+    assert result.batches_run == 3  # the failed batch of 4 was redrawn as two batches of 2
+
+
+def test_persistent_failure_writes_generation_failed(tmp_path, tiny_model):
+    """A model whose every batch diverges: GENERATION_FAILED.txt and a non-zero exit."""
+    import shutil
+
+    import torch
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    ckpt = torch.load(broken / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["state_dict"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+                          for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, broken / "checkpoints" / "last.ckpt")
+    out = tmp_path / "results"
+    proc = run_stage("generate", "--base-model", broken, "--finetuned", broken, "--model-out", tmp_path / "mfg",
+                     "--out", out, "--num-gen", 2, "--no-trajectories", check=False)
+    assert proc.returncode == 2
+    assert (out / "GENERATION_FAILED.txt").is_file()
+    assert "generation failed" in error_line(proc)
+    assert not (out / "generated_crystals.extxyz").exists()
+
+
+@pytest.mark.parametrize("num_gen", [0, -3])
+def test_num_gen_must_be_positive(tmp_path, tiny_model, num_gen):
+    proc = run_stage("generate", "--base-model", tiny_model, "--finetuned", tiny_model, "--model-out",
+                     tmp_path / "m", "--out", tmp_path / "r", "--num-gen", num_gen, check=False)
+    assert proc.returncode == 2
+    assert error_line(proc) == f"generate: error: NUM_GEN={num_gen}: must be at least 1"
+    assert not (tmp_path / "m").exists()
+
+
+def test_auto_batch_size_is_balanced_and_bounded(tiny_model):
+    from crygen import mattergen_compat as mc
+
+    config = mc.load_model_config(tiny_model)
+    assert generation.auto_batch_size(4, config, "cpu") == 4
+    big = generation.auto_batch_size(1000, config, "cpu")
+    assert big <= generation.CPU_MAX_BATCH
+    n_batches = -(-1000 // big)
+    assert big * n_batches - 1000 < n_batches  # evenly spread, not 256 + 256 + 256 + 232

@@ -1,0 +1,69 @@
+"""`make pipeline` end to end on the embedded default, then make's bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import zipfile
+
+import ase.io
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"make {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={out}")
+    return out
+
+
+def test_summary_has_every_key_filled(run_dir):
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert set(s) >= {"checkpoint", "metrics", "generation_dir", "generation_eval", "provenance"}
+    for part in ("baseline", "finetuned", "delta"):
+        assert isinstance(s["metrics"][part]["loss"], float)
+    lo, hi = s["metrics"]["delta_ci95"]["loss"]
+    assert lo <= s["metrics"]["delta"]["loss"] <= hi
+    assert s["generation_eval"]["count"] == 2
+    assert 0.0 <= s["generation_eval"]["metrics"]["avg_structure_validity"] <= 1.0
+    prov = s["provenance"]
+    assert prov["versions"]["mattergen"] == "1.0.3" and prov["versions"]["torch"].startswith("2.13.0")
+    assert prov["settings"]["EPOCHS"] == 1 and prov["settings"]["NUM_GEN"] == 2
+    assert {"prepare_data", "finetune", "validate", "generate", "evaluate_generated"} <= set(prov["stages"])
+    assert prov["device"] == "cpu"
+
+
+def test_generated_files(run_dir):
+    results = run_dir / "generation" / "results"
+    assert len(ase.io.read(results / "generated_crystals.extxyz", ":")) == 2
+    with zipfile.ZipFile(results / "generated_crystals_cif.zip") as zf:
+        assert len([n for n in zf.namelist() if n.endswith(".cif")]) == 2
+    assert (run_dir / "generation" / "model_for_generation" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_second_run_does_nothing(run_dir):
+    start = time.time()
+    proc = make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}")
+    assert time.time() - start < 10
+    assert "stages/" not in proc.stdout  # no stage ran
+    assert make("-q", "pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}", check=False).returncode == 0
+
+
+def test_changing_num_gen_redoes_only_generation_onwards(run_dir):
+    plan = make("-n", "pipeline", "EPOCHS=1", "NUM_GEN=3", f"OUT={run_dir}").stdout
+    assert "stages/generate.py" in plan and "stages/summarize.py" in plan
+    assert "stages/finetune.py" not in plan and "stages/prepare_data.py" not in plan
+    plan = make("-n", "pipeline", "EPOCHS=2", "NUM_GEN=2", f"OUT={run_dir}").stdout
+    assert "stages/finetune.py" in plan and "stages/prepare_data.py" not in plan
