@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+REFERENCE_METRIC_WORDS = ("novel", "precision", "recall")
+
 
 def structures_from_cache(cache_dir: Path) -> list[Any]:
     """Structures stored in a MatterGen dataset cache split (see ``prepare_data``)."""
@@ -52,10 +54,13 @@ def structure_metrics(structures: Sequence[Any], reference) -> tuple[dict[str, f
     from mattergen.evaluation.metrics.evaluator import MetricsEvaluator
 
     evaluator = MetricsEvaluator.from_structures(list(structures), reference=reference)
-    computed = evaluator.compute_metrics(metrics=evaluator.available_metrics)
-    metrics = {k: _plain(v["value"]) for k, v in computed.items()}
+    chosen = evaluator.available_metrics
+    if len(reference) == 0:  # novelty, precision and recall are undefined without a reference
+        chosen = [m for m in chosen if not any(w in m.name for w in REFERENCE_METRIC_WORDS)]
+    computed = evaluator.compute_metrics(metrics=chosen)
+    metrics = {k: _plain(v) for k, v in computed.items()}
     per_structure: dict[str, list] = {}
-    for metric_cls in evaluator.available_metrics:
+    for metric_cls in chosen:
         metric = evaluator._get_metric(metric_cls)
         pre = getattr(metric, "pre_aggregation_values", None)
         if pre is not None and len(pre) == len(structures):
