@@ -34,9 +34,11 @@ STAMP := $(OUT)/.stamps
 export CRYGEN_TIMINGS_DIR := $(abspath $(OUT))/timings
 export PYTHONUNBUFFERED := 1
 
-# A folder of CIFs is an input through every file in it.
-DATA_FILES := $(if $(wildcard $(DATA)/.),$(shell find $(DATA) -type f 2>/dev/null),$(DATA))
-BASE_CKPT  := $(BASE_MODEL)/checkpoints/last.ckpt
+# A folder of CIFs is an input through every file in it. A missing input is left to the
+# stage, which names it in a one-line error (make would only say "no rule").
+DATA_FILES := $(if $(wildcard $(DATA)/.),$(shell find $(DATA) -type f 2>/dev/null),\
+              $(if $(filter $(DEMO_DATA),$(DATA)),$(DATA),$(wildcard $(DATA))))
+BASE_CKPT  := $(wildcard $(BASE_MODEL)/checkpoints/last.ckpt)
 
 .PHONY: help setup pipeline prepare-data base-model finetune validate generate eval-gen summary \
         test mattergen-tests bench clean data

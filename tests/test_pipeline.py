@@ -67,3 +67,25 @@ def test_changing_num_gen_redoes_only_generation_onwards(run_dir):
     assert "stages/finetune.py" not in plan and "stages/prepare_data.py" not in plan
     plan = make("-n", "pipeline", "EPOCHS=2", "NUM_GEN=2", f"OUT={run_dir}").stdout
     assert "stages/finetune.py" in plan and "stages/prepare_data.py" not in plan
+
+
+def test_missing_base_model_is_a_one_line_error(tmp_path):
+    from tests.helpers import NACL_CIF
+
+    data = tmp_path / "in.csv"
+    rows = "\n".join(f'm{i},"{NACL_CIF}"' for i in range(3))
+    data.write_text(f"material_id,cif\n{rows}\n")
+    out = tmp_path / "run"
+    proc = make("finetune", f"DATA={data}", f"BASE_MODEL={tmp_path / 'nope'}", f"OUT={out}", check=False)
+    assert proc.returncode != 0
+    assert f"finetune: error: {tmp_path / 'nope'}: model directory not found" in proc.stderr
+    assert not (out / "finetune" / "DONE.json").exists()
+
+
+@pytest.mark.parametrize("num_gen", ["0"])
+def test_num_gen_zero_through_make(tmp_path, num_gen, run_dir):
+    proc = make("generate", f"NUM_GEN={num_gen}", "EPOCHS=1", f"OUT={run_dir}", check=False)
+    assert proc.returncode != 0
+    assert "generate: error: NUM_GEN=0: must be at least 1" in proc.stderr
+    # the earlier, complete generation is untouched
+    assert len(ase.io.read(run_dir / "generation" / "results" / "generated_crystals.extxyz", ":")) == 2
