@@ -53,6 +53,9 @@ def structure_metrics(structures: Sequence[Any], reference) -> tuple[dict[str, f
     """MatterGen's structure metrics (aggregate) and the per-structure values behind them."""
     from mattergen.evaluation.metrics.evaluator import MetricsEvaluator
 
+    from crygen.mattergen_compat import use_fast_smact_validity
+
+    use_fast_smact_validity()
     evaluator = MetricsEvaluator.from_structures(list(structures), reference=reference)
     chosen = evaluator.available_metrics
     if len(reference) == 0:  # novelty, precision and recall are undefined without a reference
