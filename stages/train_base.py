@@ -28,11 +28,16 @@ from crygen.fileio import CrygenError, read_json
 @click.option("--max-neighbors", default=12, show_default=True, type=int)
 @click.option("--cutoff", default=7.0, show_default=True, type=float)
 @click.option("--diffusion-steps", default=250, show_default=True, type=int)
+@click.option("--atom-type-loss-weight", default=20.0, show_default=True, type=float,
+              help="Weight of MatterGen's atom-type (D3PM) loss. At weight 1 a small model learns only the "
+                   "element frequencies and samples 5-18 elements per cell.")
+@click.option("--init-from", type=click.Path(path_type=Path),
+              help="Start from this model dir's weights (same architecture); its recipe is kept as the parent.")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @stage("train_base")
 def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks, max_neighbors, cutoff,
-         diffusion_steps, seed, device):
+         diffusion_steps, atom_type_loss_weight, init_from, seed, device):
     import numpy as np
     from hydra.utils import instantiate
 
@@ -49,11 +54,22 @@ def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks,
         hidden_dim=hidden_dim, num_blocks=num_blocks, cutoff=cutoff, max_neighbors=max_neighbors,
         emb_size_trip=hidden_dim // 2, emb_size_bil_trip=hidden_dim // 2, num_radial=32,
     )
-    lm = mc.lightning_module_config(mc.diffusion_module_config(denoiser, diffusion_steps), lr=lr)
+    lm = mc.lightning_module_config(mc.diffusion_module_config(denoiser, diffusion_steps, atom_type_loss_weight), lr=lr)
     config = mc.model_config(lm, mc.data_module_config(data, batch_size=batch_size))
     module = instantiate(config["lightning_module"])
+    parent = None
+    if init_from is not None:
+        import torch
+
+        mc.check_model_dir(init_from)
+        state = torch.load(Path(init_from) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        try:
+            module.load_state_dict(state["state_dict"], strict=True)
+        except RuntimeError as e:
+            raise CrygenError(init_from, f"weights do not fit this architecture ({str(e).splitlines()[0]})") from e
+        parent = mc.read_model_info(init_from).get("recipe")
     # max_steps is left out: a finished run asked for more steps continues from its checkpoint
-    settings = {"data_sha256": dataset["input_sha256"], "config": config, "seed": seed}
+    settings = {"data_sha256": dataset["input_sha256"], "config": config, "seed": seed, "parent": parent}
     start = time.time()
     last, _ = fit(module, config, work_dir, settings, max_steps=max_steps,
                accelerator="gpu" if device.startswith("cuda") else "cpu", checkpoint_every=200, progress_every=100)
@@ -65,10 +81,12 @@ def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks,
             "max_steps": max_steps,
             "batch_size": batch_size,
             "lr": lr,
+            "atom_type_loss_weight": atom_type_loss_weight,
             "seed": seed,
             "device": device,
             "train_wall_s_last_session": round(time.time() - start, 1),
             "parameters": n_params,
+            "initialised_from": parent,
         },
         "num_atoms_distribution": mc.num_atoms_distribution(np.load(Path(data) / "train" / "num_atoms.npy")),
     }

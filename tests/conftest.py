@@ -68,7 +68,7 @@ def tiny_model(tmp_path_factory, small_dataset):
 
 @pytest.fixture(scope="session")
 def fast_base_model(tmp_path_factory):
-    """The embedded base model, sampled with 25 instead of 1000 reverse steps.
+    """The embedded base model, sampled with 25 instead of its 250 reverse steps.
 
     The denoiser is trained on continuous time, so a coarser schedule is the same model,
     sampled faster (and less well): tests check mechanics, ``test_base_model`` quality."""
