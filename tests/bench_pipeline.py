@@ -54,17 +54,34 @@ def time_pipeline(out: Path) -> dict:
     return {"total_wall_s": round(total, 1), "second_run_wall_s": round(time.time() - start, 2), "stages": stages}
 
 
+GENERATION_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from crygen.generation import generate
+r = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=0, batch_size=int(sys.argv[3]),
+             record_trajectories=False, log=lambda m: None)
+print(json.dumps({"n": len(r.structures), "seconds": r.seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
 def time_generation(model_dir: Path, num_gen: int) -> dict:
-    from crygen.generation import auto_batch_size, generate
+    """Each batch size in its own process, so peak memory is its own."""
+    from crygen.generation import auto_batch_size
     from crygen.mattergen_compat import load_model_config
 
     auto = auto_batch_size(num_gen, load_model_config(model_dir), "cpu")
     rows = {}
     for label, batch in (("auto", auto), ("fixed_4", 4)):
-        r = generate(model_dir, num_gen, seed=0, batch_size=batch, record_trajectories=False, log=lambda m: None)
-        rows[label] = {"batch_size": batch, "seconds": round(r.seconds, 1),
-                       "structures_per_minute": round(len(r.structures) / r.seconds * 60, 2)}
+        proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
+                              check=True, capture_output=True, text=True, cwd=ROOT)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows[label] = {"batch_size": batch, "seconds": round(r["seconds"], 1), "peak_rss_mb": round(r["peak_rss_mb"]),
+                       "structures_per_minute": round(r["n"] / r["seconds"] * 60, 2)}
     rows["speedup"] = round(rows["auto"]["structures_per_minute"] / rows["fixed_4"]["structures_per_minute"], 2)
+    if auto > 4:
+        rows["rss_mb_per_structure"] = round(
+            (rows["auto"]["peak_rss_mb"] - rows["fixed_4"]["peak_rss_mb"]) / (auto - 4), 2)
     return rows
 
 
