@@ -58,7 +58,6 @@ def test_second_run_does_nothing(run_dir):
     proc = make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}")
     assert time.time() - start < 10
     assert "stages/" not in proc.stdout  # no stage ran
-    assert make("-q", "pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}", check=False).returncode == 0
 
 
 def test_changing_num_gen_redoes_only_generation_onwards(run_dir):
