@@ -416,7 +416,7 @@ def smact_validity(comp, count, use_pauling_test=True, include_alloys=True, incl
 
     symbols = tuple(comp) if use_element_symbol else tuple(str(Element.from_Z(Z=z)) for z in comp)
     space = smact.element_dictionary(symbols)
-    elements = [e for e in space.values()]
+    elements = list(space.values())
     if len(set(symbols)) == 1:
         return True
     if include_alloys and all(s in smact.metals for s in symbols):

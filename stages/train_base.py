@@ -30,7 +30,7 @@ from crygen.fileio import CrygenError, read_json
 @click.option("--diffusion-steps", default=250, show_default=True, type=int)
 @click.option("--atom-type-loss-weight", default=20.0, show_default=True, type=float,
               help="Weight of MatterGen's atom-type (D3PM) loss. At weight 1 a small model learns only the "
-                   "element frequencies and samples 5-18 elements per cell.")
+                   "element frequencies and samples 4-18 elements per cell.")
 @click.option("--init-from", type=click.Path(path_type=Path),
               help="Start from this model dir's weights (same architecture); its recipe is kept as the parent.")
 @click.option("--seed", default=42, show_default=True, type=int)
@@ -59,10 +59,8 @@ def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks,
     module = instantiate(config["lightning_module"])
     parent = None
     if init_from is not None:
-        import torch
-
         mc.check_model_dir(init_from)
-        state = torch.load(Path(init_from) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        state = mc.read_checkpoint(Path(init_from) / "checkpoints" / "last.ckpt")
         try:
             module.load_state_dict(state["state_dict"], strict=True)
         except RuntimeError as e:
