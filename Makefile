@@ -26,6 +26,10 @@ DRAWS        ?= 4
 RESULTS      ?= $(OUT)/generation/results
 EVAL_OUT     ?=
 REFERENCE_DATA ?= $(OUT)/data
+RELAX        ?= 1
+POTENTIAL    ?= chgnet
+REFERENCE    ?= default
+DEFAULT_REFERENCE := data/reference/reference_chgnet.gz
 BASE_STEPS   ?= 10000
 PYTEST_ARGS  ?=
 
@@ -40,11 +44,12 @@ DATA_FILES := $(if $(wildcard $(DATA)/.),$(shell find $(DATA) -type f 2>/dev/nul
               $(if $(filter $(DEMO_DATA),$(DATA)),$(DATA),$(wildcard $(DATA))))
 BASE_CKPT  := $(wildcard $(BASE_MODEL)/checkpoints/last.ckpt)
 
-.PHONY: help setup pipeline prepare-data base-model finetune validate generate eval-gen summary \
+.PHONY: help setup pipeline prepare-data base-model finetune validate generate eval-gen reference summary \
         test mattergen-tests bench clean data
 
 help: ## this list
-	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS RESULTS):"
+	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS"
+	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT):"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
 
 # ---------------------------------------------------------------- environment
@@ -78,11 +83,12 @@ STAMP_prepare  := $(DATA) $(VAL_FRACTION) $(SEED) $(MAX_ATOMS)
 STAMP_finetune := $(BASE_MODEL) $(EPOCHS) $(BATCH_SIZE) $(SEED) $(DEVICE)
 STAMP_validate := $(DRAWS) $(SEED) $(DEVICE)
 STAMP_generate := $(NUM_GEN) $(GEN_BATCH) $(SEED) $(DEVICE)
+STAMP_evaluate := $(RELAX) $(POTENTIAL) $(REFERENCE)
 
 # They are written when the Makefile is read (not by a rule), so `make -n` plans truly.
-STAMPED_GOALS := $(filter-out help setup data test mattergen-tests bench clean eval-gen,$(MAKECMDGOALS))
+STAMPED_GOALS := $(filter-out help setup data test mattergen-tests bench clean eval-gen reference,$(MAKECMDGOALS))
 ifneq ($(STAMPED_GOALS),)
-_stamps := $(foreach s,prepare finetune validate generate,$(shell mkdir -p $(STAMP) && \
+_stamps := $(foreach s,prepare finetune validate generate evaluate,$(shell mkdir -p $(STAMP) && \
   (echo '$(STAMP_$(s))' | cmp -s - $(STAMP)/$(s) || echo '$(STAMP_$(s))' > $(STAMP)/$(s))))
 endif
 
@@ -114,20 +120,28 @@ $(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $
 
 # In the pipeline an evaluation failure is recorded (summary.json says why) and the run
 # goes on; `make eval-gen` on its own fails with the reason.
-$(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/generated_crystals.extxyz $(OUT)/data/dataset.json | $(SETUP)
-	$(PY) stages/evaluate_generated.py --results $(OUT)/generation/results \
-	  --reference-data $(OUT)/data --failure-file $(OUT)/generation/results/EVALUATION_FAILED.txt
+EVAL_ARGS = --reference $(REFERENCE) --potential $(POTENTIAL) --device $(DEVICE) \
+  $(if $(filter 0 no false,$(RELAX)),--no-relax,--relax)
 
-eval-gen: | $(SETUP) ## evaluate generated crystals: RESULTS=<results dir, CIF zip or CIF folder>
-	$(PY) stages/evaluate_generated.py --results $(RESULTS) \
-	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--reference-data $(REFERENCE_DATA)) \
+$(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/generated_crystals.extxyz $(OUT)/data/dataset.json $(STAMP)/evaluate | $(SETUP)
+	$(PY) stages/evaluate_generated.py --results $(OUT)/generation/results --training-data $(OUT)/data \
+	  $(EVAL_ARGS) --failure-file $(OUT)/generation/results/EVALUATION_FAILED.txt
+
+eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF folder> RELAX POTENTIAL REFERENCE EVAL_OUT
+	$(PY) stages/evaluate_generated.py --results $(RESULTS) $(EVAL_ARGS) \
+	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--training-data $(REFERENCE_DATA)) \
 	  $(if $(EVAL_OUT),--out $(EVAL_OUT))
+
+reference: | $(SETUP) $(DEMO_DATA) ## rebuild the default reference set (relax demo crystals + elements with POTENTIAL)
+	$(PY) stages/build_reference.py --demo-data $(DEMO_DATA) --out $(DEFAULT_REFERENCE) \
+	  --potential $(POTENTIAL) --device $(DEVICE)
 
 summary: $(OUT)/summary.json ## write OUT/summary.json
 
 SETTINGS_JSON = {"DATA": "$(DATA)", "BASE_MODEL": "$(BASE_MODEL)", "OUT": "$(OUT)", "EPOCHS": $(EPOCHS), \
   "NUM_GEN": $(NUM_GEN), "SEED": $(SEED), "DEVICE": "$(DEVICE)", "VAL_FRACTION": $(VAL_FRACTION), \
-  "MAX_ATOMS": $(MAX_ATOMS), "BATCH_SIZE": $(BATCH_SIZE), "GEN_BATCH": $(GEN_BATCH), "DRAWS": $(DRAWS)}
+  "MAX_ATOMS": $(MAX_ATOMS), "BATCH_SIZE": $(BATCH_SIZE), "GEN_BATCH": $(GEN_BATCH), "DRAWS": $(DRAWS), \
+  "RELAX": "$(RELAX)", "POTENTIAL": "$(POTENTIAL)", "REFERENCE": "$(REFERENCE)"}
 
 $(OUT)/summary.json: $(OUT)/evaluation/metrics.json $(OUT)/generation/results/metrics_summary.json | $(SETUP)
 	$(PY) stages/summarize.py --run-dir $(OUT) --settings '$(SETTINGS_JSON)'

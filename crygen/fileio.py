@@ -24,6 +24,12 @@ class CrygenError(Exception):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message``, for a foreign exception inside a one-line error."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.

@@ -407,7 +407,8 @@ def smact_validity(comp, count, use_pauling_test=True, include_alloys=True, incl
     MatterGen's version lists every charge-balanced combination of oxidation states before
     answering whether there is one; for a 15-element sample that is ~4^15 combinations and
     the evaluation never ends. This one stops at the first combination that passes, and
-    gives up (False, counted as invalid) after MAX_SMACT_COMBINATIONS."""
+    gives up (False, counted as invalid) after MAX_SMACT_COMBINATIONS. An element SMACT has
+    no oxidation states for makes the composition invalid (MatterGen's raises TypeError)."""
     import itertools
 
     import smact
@@ -422,6 +423,8 @@ def smact_validity(comp, count, use_pauling_test=True, include_alloys=True, incl
     if include_alloys and all(s in smact.metals for s in symbols):
         return True
     ox_combos = [e.oxidation_states for e in elements]
+    if any(o is None for o in ox_combos):  # SMACT knows no charges (Pm...): MatterGen raises
+        return False
     if include_cutoff and math.prod(len(o) for o in ox_combos) > 1e6:
         return True
     electronegs = [e.pauling_eneg for e in elements]
@@ -441,10 +444,3 @@ def smact_validity(comp, count, use_pauling_test=True, include_alloys=True, incl
                 pass
         return True
     return False
-
-
-def use_fast_smact_validity() -> None:
-    """Make MatterGen's evaluator (``is_smact_valid``) use :func:`smact_validity`."""
-    from mattergen.evaluation.metrics import structure
-
-    structure.smact_validity = smact_validity

@@ -59,7 +59,8 @@ def main(run_dir: Path, settings: str, out: Path | None):
     eval_error = gen_dir / "EVALUATION_FAILED.txt"
     if eval_summary.is_file() and not eval_error.is_file():
         s = read_json(eval_summary)
-        generation_eval = {k: s[k] for k in ("count", "metrics", "relaxed")}
+        generation_eval = {k: s[k] for k in ("count", "metrics", "relaxed", "additional_metrics",
+                                             "uncovered_chemical_systems") if k in s}
     else:
         reason = eval_error.read_text().strip() if eval_error.is_file() else "no metrics_summary.json"
         generation_eval = {"error": reason}

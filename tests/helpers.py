@@ -46,16 +46,30 @@ def cif(symbols: list[str], frac: list[tuple[float, float, float]], a: float = 4
             f" _atom_site_occupancy\n{rows}\n")
 
 
-def demo_subset(dest: Path, n: int, start: int = 0) -> Path:
-    """The first ``n`` generatable demo crystals as an extxyz file."""
+def small_demo_frames(n: int, start: int = 0) -> list:
+    """The first ``n`` generatable demo crystals of at most 8 atoms, as ASE Atoms."""
     import ase.io
 
     from crygen.structures import generatable_elements
 
     allowed = generatable_elements()
     frames = [a for a in ase.io.read(DEMO_DATA, ":") if set(a.numbers) <= allowed and len(a) <= 8]
-    ase.io.write(dest, frames[start : start + n], format="extxyz")
+    return frames[start : start + n]
+
+
+def demo_subset(dest: Path, n: int, start: int = 0) -> Path:
+    """:func:`small_demo_frames` as an extxyz file."""
+    import ase.io
+
+    ase.io.write(dest, small_demo_frames(n, start), format="extxyz")
     return dest
+
+
+def demo_structures(n: int, start: int = 0) -> list:
+    """:func:`small_demo_frames` as pymatgen Structures."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return [AseAtomsAdaptor.get_structure(a) for a in small_demo_frames(n, start)]
 
 
 def run_stage(name: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

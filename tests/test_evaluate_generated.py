@@ -1,21 +1,20 @@
-"""stages/evaluate_generated.py: MatterGen's metrics on any folder of structures."""
+"""stages/evaluate_generated.py and crygen/evaluation.py: MatterGen's metrics, offline."""
 
 from __future__ import annotations
 
 import csv
 import json
 
-import ase.io
-from pymatgen.io.ase import AseAtomsAdaptor
+import numpy as np
+import pytest
 
-from tests.helpers import cif, demo_subset, error_line, run_stage
+from tests.helpers import cif, demo_structures, error_line, run_stage
 
 
 def cif_folder(tmp_path, n=6):
-    xyz = demo_subset(tmp_path / "d.extxyz", n)
     folder = tmp_path / "cifs"
     folder.mkdir()
-    structures = [AseAtomsAdaptor.get_structure(a) for a in ase.io.read(xyz, ":")]
+    structures = demo_structures(n, start=100)
     structures.append(structures[0].copy())  # a duplicate: uniqueness must see it
     for i, s in enumerate(structures):
         s.to(filename=str(folder / f"s{i}.cif"))
@@ -23,40 +22,123 @@ def cif_folder(tmp_path, n=6):
     return folder, len(structures) + 1
 
 
-def test_metrics_equal_mattergens_evaluator(tmp_path, small_dataset):
-    from mattergen.evaluation.metrics.evaluator import MetricsEvaluator
+@pytest.fixture(scope="module")
+def default_reference():
+    from crygen.reference import load_reference
 
-    from crygen.evaluation import training_reference
+    return load_reference("default")[0]
+
+
+def read_table(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_structure_metrics_equal_mattergens_evaluator(tmp_path, small_dataset, default_reference):
+    from crygen.evaluation import mattergen_metrics, training_structures
+    from crygen.reference import with_training_set
     from crygen.structures import read_structures
 
     folder, n = cif_folder(tmp_path)
     out = tmp_path / "eval"
-    run_stage("evaluate_generated", "--results", folder, "--reference-data", small_dataset, "--out", out)
+    run_stage("evaluate_generated", "--results", folder, "--training-data", small_dataset, "--no-relax", "--out", out)
     ours = json.loads((out / "metrics.json").read_text())
-    evaluator = MetricsEvaluator.from_structures(read_structures(folder), reference=training_reference(small_dataset))
-    theirs = evaluator.compute_metrics(metrics=evaluator.available_metrics)
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        assert ours[k] == theirs[k] or (ours[k] is None and theirs[k] != theirs[k]), k
+    reference = with_training_set(default_reference, training_structures(small_dataset))
+    theirs = mattergen_metrics(read_structures(folder), reference)
+    assert ours == theirs
     assert ours["avg_structure_validity"] == (n - 1) / n  # the overlapping pair
-    assert ours["frac_unique_structures"] < 1.0  # the duplicate
+    assert ours["frac_unique_structures"] == (n - 1) / n  # the duplicate
+    assert ours["frac_novel_structures"] < 1.0  # demo crystals are in the reference
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert summary["count"] == n and summary["relaxed"] is False and summary["metrics"] == ours
-    with open(out / "per_structure.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == n and {"formula", "chemical_system", "structure_validity"} <= set(rows[0])
+    assert summary["reference"]["sha256"] and "training set" in summary["definitions"]["novelty_against"]
+    rows = read_table(out / "per_structure.csv")
+    assert len(rows) == n and {"formula", "chemical_system", "structure_validity", "unique", "novel"} <= set(rows[0])
 
 
-def test_up_to_date_results_are_reused_and_changes_recomputed(tmp_path):
-    folder, n = cif_folder(tmp_path, n=3)
+def test_relaxed_metrics_equal_mattergens_evaluator_on_the_same_energies(default_reference):
+    """Energies above hull, stability and S.U.N. as MatterGen computes them (MP2020 included)."""
+    from crygen.evaluation import evaluate, mattergen_metrics
+    from crygen.relaxation import load_potential, relax
+
+    structures = demo_structures(5, start=200)
+    relaxed = relax(structures, load_potential("chgnet"))
+    final = [r.structure for r in relaxed]
+    energies = [r.energy for r in relaxed]
+    ours = evaluate(final, default_reference, energies=energies, original_structures=structures)
+    theirs = mattergen_metrics(final, default_reference, energies=energies, original_structures=structures)
+    assert ours.metrics == theirs
+    for key in ("frac_stable_structures", "avg_energy_above_hull_per_atom", "frac_novel_unique_stable_structures",
+                "avg_rmsd_from_relaxation"):
+        assert key in ours.metrics
+    assert ours.additional["covered_by_reference"] == 5 and ours.additional["energy_metrics_over"] == 5
+    # the reference holds these crystals relaxed by the same recipe from the same start: each
+    # lands on its own entry (same MP2020-corrected energy), so it is neither novel nor below
+    # the hull that entry helps span
+    entries = {e.data["material_id"]: e for e in default_reference}
+    for row, s in zip(ours.table, structures):
+        twin = entries[s.properties["alexandria_id"]]
+        assert row["energy_per_atom"] == pytest.approx(twin.energy_per_atom, abs=1e-3)
+        assert row["energy_above_hull_per_atom"] > -1e-3
+    assert ours.metrics["frac_novel_structures"] == 0.0
+
+
+def test_uncovered_chemical_system_has_unknown_energy_above_hull(default_reference):
+    from mattergen.evaluation.reference.reference_dataset import ReferenceDataset
+
+    from crygen.evaluation import evaluate
+    from crygen.relaxation import load_potential, relax
+
+    structures = demo_structures(3, start=300)
+    lost = structures[0].composition.elements[0].symbol
+    reference = ReferenceDataset.from_entries(
+        "without " + lost, [e for e in default_reference if lost not in e.composition])
+    relaxed = relax(structures, load_potential("chgnet"))
+    result = evaluate([r.structure for r in relaxed], reference, energies=[r.energy for r in relaxed],
+                      original_structures=structures)
+    uncovered = [i for i, s in enumerate(structures) if lost in s.composition]
+    assert result.additional["covered_by_reference"] == 3 - len(uncovered)
+    assert structures[0].composition.chemical_system in result.uncovered_systems
+    for i, row in enumerate(result.table):
+        assert row["covered_by_reference"] is (i not in uncovered)
+        assert (row["energy_above_hull_per_atom"] is None) is (i in uncovered)
+    if len(uncovered) < 3:  # energy metrics over the covered rest
+        assert "frac_stable_structures" in result.metrics
+        assert result.additional["energy_metrics_over"] == 3 - len(uncovered)
+
+
+def test_eval_gen_relaxes_writes_every_output_and_reuses_by_hash(tmp_path):
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for i, s in enumerate(demo_structures(3, start=50)):
+        s.scale_lattice(s.volume * 0.95)
+        s.to(filename=str(folder / f"g{i}.cif"))
     out = tmp_path / "eval"
     run_stage("evaluate_generated", "--results", folder, "--out", out)
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["relaxed"] is True and summary["count"] == 3
+    assert summary["potential"]["name"] == "chgnet" and summary["potential"]["weights_sha256"]
+    assert summary["definitions"]["stability_threshold_eV_per_atom"] == 0.1
+    assert summary["definitions"]["strict_stability_threshold_eV_per_atom"] == 0.0
+    assert "frac_stable_structures_strict" in summary["additional_metrics"]
+    rows = read_table(out / "per_structure.csv")
+    assert {"energy_above_hull_per_atom", "stable", "stable_strict", "rmsd_from_relaxation", "relax_steps",
+            "covered_by_reference", "sun"} <= set(rows[0])
+    assert all(float(r["rmsd_from_relaxation"]) >= 0 for r in rows)
+    import ase.io
+
+    frames = ase.io.read(out / "relaxed_structures.extxyz", ":")
+    assert len(frames) == 3 and all(np.isfinite(a.get_potential_energy()) for a in frames)
+
     proc = run_stage("evaluate_generated", "--results", folder, "--out", out)
     assert "is up to date" in proc.stdout
-    (folder / "s0.cif").unlink()
-    proc = run_stage("evaluate_generated", "--results", folder, "--out", out)
+    proc = run_stage("evaluate_generated", "--results", folder, "--out", out, "--no-relax")
     assert "is up to date" not in proc.stdout
-    assert json.loads((out / "metrics_summary.json").read_text())["count"] == n - 1
+    assert json.loads((out / "metrics_summary.json").read_text())["relaxed"] is False
+    (folder / "g0.cif").unlink()
+    proc = run_stage("evaluate_generated", "--results", folder, "--out", out, "--no-relax")
+    assert "is up to date" not in proc.stdout
+    assert json.loads((out / "metrics_summary.json").read_text())["count"] == 2
 
 
 def test_failure_is_an_error_alone_and_recorded_in_the_pipeline(tmp_path):
@@ -67,4 +149,4 @@ def test_failure_is_an_error_alone_and_recorded_in_the_pipeline(tmp_path):
     assert error_line(proc) == f"evaluate_generated: error: {empty}: folder holds no .cif files (nor train.csv + val.csv)"
     failed = tmp_path / "EVALUATION_FAILED.txt"
     proc = run_stage("evaluate_generated", "--results", empty, "--failure-file", failed)
-    assert "folder holds no .cif files" in failed.read_text()
+    assert proc.returncode == 0 and "folder holds no .cif files" in failed.read_text()

@@ -104,9 +104,11 @@ def test_fast_smact_validity_gives_mattergens_answers(demo_data):
     for comp in comps:
         elements, counts = zip(*comp)
         ours = outcome(mc.smact_validity, elements, counts)
-        assert ours == outcome(mattergen_smact_validity, elements, counts), comp
-        answers.add(ours)
-    assert {True, False} <= answers
+        theirs = outcome(mattergen_smact_validity, elements, counts)
+        # where MatterGen's raises (no oxidation states known), crygen's says invalid
+        assert ours == theirs or (theirs is TypeError and ours is False), comp
+        answers.add(theirs)
+    assert {True, False, TypeError} <= answers
 
 
 def test_fast_smact_validity_finishes_on_many_elements():

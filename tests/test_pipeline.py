@@ -36,8 +36,14 @@ def test_summary_has_every_key_filled(run_dir):
         assert isinstance(s["metrics"][part]["loss"], float)
     lo, hi = s["metrics"]["delta_ci95"]["loss"]
     assert lo <= s["metrics"]["delta"]["loss"] <= hi
-    assert s["generation_eval"]["count"] == 2
-    assert 0.0 <= s["generation_eval"]["metrics"]["avg_structure_validity"] <= 1.0
+    ev = s["generation_eval"]
+    assert ev["count"] == 2 and ev["relaxed"] is True, ev
+    assert 0.0 <= ev["metrics"]["avg_structure_validity"] <= 1.0
+    # relaxed with CHGNet against the default reference: stability numbers, unless uncovered
+    if not ev["uncovered_chemical_systems"]:
+        assert 0.0 <= ev["metrics"]["frac_stable_structures"] <= 1.0
+        assert isinstance(ev["metrics"]["avg_energy_above_hull_per_atom"], float)
+        assert "frac_novel_unique_stable_structures_strict" in ev["additional_metrics"]
     prov = s["provenance"]
     assert prov["versions"]["mattergen"] == "1.0.3" and prov["versions"]["torch"].startswith("2.13.0")
     assert prov["settings"]["EPOCHS"] == 1 and prov["settings"]["NUM_GEN"] == 2
@@ -67,6 +73,9 @@ def test_changing_num_gen_redoes_only_generation_onwards(run_dir):
     plan = make("-n", "pipeline", "EPOCHS=1", "NUM_GEN=3", f"OUT={run_dir}").stdout
     assert "stages/generate.py" in plan and "stages/summarize.py" in plan
     assert "stages/finetune.py" not in plan and "stages/prepare_data.py" not in plan
+    plan = make("-n", "pipeline", "EPOCHS=1", "NUM_GEN=2", "RELAX=0", f"OUT={run_dir}").stdout
+    assert "stages/evaluate_generated.py" in plan and "--no-relax" in plan
+    assert "stages/generate.py" not in plan
     plan = make("-n", "pipeline", "EPOCHS=2", "NUM_GEN=2", f"OUT={run_dir}").stdout
     assert "stages/finetune.py" in plan and "stages/prepare_data.py" not in plan
 

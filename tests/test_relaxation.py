@@ -1,0 +1,102 @@
+"""crygen/relaxation.py: batched relaxation with CHGNet and MatterSim checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import cif, demo_structures, run_stage
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    from crygen.relaxation import load_potential
+
+    return load_potential("chgnet")
+
+
+def test_batched_relaxation_equals_one_at_a_time(chgnet):
+    from crygen.relaxation import relax
+
+    structures = demo_structures(4)
+    for s in structures:
+        s.scale_lattice(s.volume * 1.06)  # strained, symmetry kept: one minimum to relax into
+    batched = relax(structures, chgnet)
+    single = relax(structures, chgnet, max_atoms_per_batch=0)
+    for b, s in zip(batched, single):
+        assert b.converged and s.converged and b.error is None
+        assert b.steps > 0
+        assert b.energy == pytest.approx(s.energy, abs=1e-3 * len(b.structure))
+    # relaxing lowers the energy of a strained structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    start = chgnet.predict([AseAtomsAdaptor.get_atoms(structures[0])])[0][0]
+    assert batched[0].energy < start
+
+
+def test_one_backward_pass_gives_chgnets_forces_and_stress(chgnet, monkeypatch):
+    import contextlib
+
+    import ase.io
+
+    import crygen.relaxation as relaxation
+    from tests.helpers import DEMO_DATA
+
+    atoms = ase.io.read(DEMO_DATA, ":24")
+    ours = chgnet.predict(atoms)
+    monkeypatch.setattr(relaxation, "_one_backward_pass", contextlib.nullcontext)
+    theirs = chgnet.predict(atoms)  # CHGNet's own two differentiable passes
+    for (e1, f1, s1), (e2, f2, s2) in zip(ours, theirs):
+        assert e1 == e2
+        np.testing.assert_allclose(f1, f2, atol=1e-4)  # float32 summation order
+        np.testing.assert_allclose(s1, s2, atol=1e-5)  # eV/A^3: 0.002 GPa
+    assert max(np.abs(f).max() for _, f, _ in ours) > 0.01  # forces that are not all zero
+
+
+def test_a_structure_that_cannot_be_relaxed_fails_alone(chgnet):
+    from pymatgen.core import Structure
+
+    from crygen.relaxation import relax
+
+    good = demo_structures(1)[0]
+    # a lone atom in a huge cell has no neighbours: CHGNet refuses it
+    lonely = Structure([[30, 0, 0], [0, 30, 0], [0, 0, 30]], ["Na"], [[0, 0, 0]])
+    results = relax([good, lonely], chgnet, max_steps=20)
+    assert results[0].error is None and np.isfinite(results[0].energy)
+    assert results[1].error or results[1].steps <= 20
+
+
+def test_mattersim_checkpoint_path_is_accepted(tmp_path):
+    """A MatterSim .pth as a user downloads it: here a small randomly initialised M3GNet."""
+    import torch
+    from mattersim.forcefield.m3gnet.m3gnet import M3Gnet
+
+    from crygen.relaxation import load_potential, potential_identity, relax
+
+    torch.manual_seed(0)
+    model = M3Gnet(num_blocks=1, units=16, device="cpu")
+    path = tmp_path / "tiny-mattersim.pth"
+    torch.save({"model_name": "m3gnet", "model": model.state_dict(), "model_args": model.get_model_args()}, path)
+    potential = load_potential(str(path))
+    assert potential.describe()["weights_sha256"] == potential_identity(str(path))["weights_sha256"]
+    results = relax(demo_structures(2), potential, max_steps=3)
+    assert all(np.isfinite(r.energy) and r.steps <= 3 for r in results)
+
+
+def test_unknown_or_missing_potential_is_a_one_line_error(tmp_path):
+    from crygen.fileio import CrygenError
+    from crygen.relaxation import load_potential
+
+    with pytest.raises(CrygenError, match="expected one of chgnet, mattersim"):
+        load_potential("mace")
+    with pytest.raises(CrygenError, match="MatterSim weights not found"):
+        load_potential(str(tmp_path / "absent.pth"))
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(CrygenError, match="not a MatterSim checkpoint"):
+        load_potential(str(bad))
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "a.cif").write_text(cif(["Na", "Cl"], [(0, 0, 0), (0.5, 0.5, 0.5)]))
+    proc = run_stage("evaluate_generated", "--results", folder, "--potential", bad, check=False)
+    assert proc.returncode == 2 and "not a MatterSim checkpoint" in proc.stderr.splitlines()[-1]
