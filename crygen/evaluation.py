@@ -23,7 +23,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -78,23 +78,47 @@ def fast_smact_validity() -> Iterator[None]:
         structure.smact_validity = original
 
 
-def _unique_in_group(structures: list[Any]) -> list[int]:
+# What the workers compute, set before they start: forked workers inherit it, so only indices
+# and small answers cross between processes (pickling structures costs more than matching them).
+_WORK: dict[str, list] = {}
+
+
+def _checks_at(i: int) -> tuple[bool, bool]:
+    from mattergen.evaluation.metrics import structure as metrics
+
+    structure = _WORK["structures"][i]
+    with fast_smact_validity():
+        return bool(metrics.is_smact_valid(structure)), bool(metrics.structure_validity(structure))
+
+
+def _unique_at(i: int) -> list[int]:
     from mattergen.evaluation.utils.dataset_matcher import get_unique
     from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
 
-    return get_unique(DefaultDisorderedStructureMatcher(), structures)
+    return get_unique(DefaultDisorderedStructureMatcher(), _WORK["unique"][i])
 
 
-def _matches_in_group(pair: tuple[list[Any], list[Any]]) -> dict[int, list[int]]:
+def _matches_at(i: int) -> dict[int, list[int]]:
     from mattergen.evaluation.utils.dataset_matcher import get_matches
     from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
 
-    return dict(get_matches(DefaultDisorderedStructureMatcher(), *pair))
+    return dict(get_matches(DefaultDisorderedStructureMatcher(), *_WORK["matches"][i]))
 
 
-def precompute_matching(capability: Any, run: Callable = map) -> None:
-    """Fill the structure capability's uniqueness and novelty with MatterGen's own functions,
-    group by group through ``run`` (a parallel map; ordered structures, default matcher only)."""
+def _single_threaded() -> None:
+    """A worker's numpy runs on one thread: the workers already fill the cores."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def precompute(capability: Any, workers: int) -> dict[int, tuple[bool, bool]]:
+    """Per-structure validity checks, and uniqueness and novelty filled into ``capability``, with
+    MatterGen's own functions on MatterGen's own groups, over ``workers`` processes.
+
+    Returns the checks by ``id`` of the structure (see :func:`answered_checks`). Uniqueness and
+    novelty are left to MatterGen's sequential path for anything but ordered structures and
+    the default matcher."""
     from mattergen.evaluation.utils.dataset_matcher import (
         OrderedDatasetMatcher,
         OrderedDatasetUniquenessComputer,
@@ -103,37 +127,43 @@ def precompute_matching(capability: Any, run: Callable = map) -> None:
     )
     from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
 
-    if not (isinstance(capability.uniqueness_computer, OrderedDatasetUniquenessComputer)
-            and isinstance(capability.dataset_matcher, OrderedDatasetMatcher)
-            and type(capability.structure_matcher) is DefaultDisorderedStructureMatcher):
-        return  # MatterGen's sequential path computes it
-    data = capability.dataset.entries_by_reduced_formula
-    reference = capability.reference_dataset.entries_by_reduced_formula
+    structures = capability.structures
+    matching = (isinstance(capability.uniqueness_computer, OrderedDatasetUniquenessComputer)
+                and isinstance(capability.dataset_matcher, OrderedDatasetMatcher)
+                and type(capability.structure_matcher) is DefaultDisorderedStructureMatcher)
+    data = capability.dataset.entries_by_reduced_formula if matching else {}
     keys = list(data)
-    novelty_keys = [k for k in keys if k in reference]
-    unique = run(_unique_in_group, [[e.structure for e in data[k]] for k in keys])
-    matches = run(_matches_in_group, [([e.structure for e in data[k]], [e.structure for e in reference[k]])
-                                      for k in novelty_keys])
-    local_matches: dict[str, dict] = {k: {} for k in keys}
-    local_matches.update(dict(zip(novelty_keys, matches)))
-    capability.__dict__["is_unique"] = get_mask_from_local_index(data, dict(zip(keys, unique)))
-    capability.__dict__["matches_in_reference"] = get_global_match_dict_from_local_dict(data, reference, local_matches)
-
-
-def _checks(structure: Any) -> tuple[bool, bool]:
-    from mattergen.evaluation.metrics import structure as metrics
-
-    with fast_smact_validity():
-        return bool(metrics.is_smact_valid(structure)), bool(metrics.structure_validity(structure))
+    lookup = capability.reference_dataset.entries_by_reduced_formula if matching else {}
+    reference = {k: list(lookup[k]) for k in keys if k in lookup}  # each group read once
+    _WORK.update(structures=list(structures), unique=[[e.structure for e in data[k]] for k in keys],
+                 matches=[([e.structure for e in data[k]], [e.structure for e in reference[k]]) for k in reference])
+    try:
+        with contextlib.ExitStack() as stack:
+            if workers > 1 and len(structures) >= MIN_STRUCTURES_FOR_POOL:
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded))
+                run = lambda fn, n: list(pool.map(fn, range(n), chunksize=max(1, n // (4 * workers))))  # noqa: E731
+            else:
+                run = lambda fn, n: [fn(i) for i in range(n)]  # noqa: E731
+            checks = run(_checks_at, len(structures))
+            unique = run(_unique_at, len(keys))
+            matches = run(_matches_at, len(reference))
+    finally:
+        _WORK.clear()
+    if matching:
+        local_matches: dict[str, dict] = {k: {} for k in keys}
+        local_matches.update(dict(zip(reference, matches)))
+        capability.__dict__["is_unique"] = get_mask_from_local_index(data, dict(zip(keys, unique)))
+        capability.__dict__["matches_in_reference"] = get_global_match_dict_from_local_dict(
+            data, reference, local_matches)
+    return {id(s): c for s, c in zip(structures, checks)}
 
 
 @contextlib.contextmanager
-def precomputed_checks(structures: Sequence[Any], run: Callable = map) -> Iterator[None]:
-    """MatterGen's per-structure SMACT and structural validity, computed once each through
-    ``run`` (MatterGen's metrics ask for each twice), then answered from memory."""
+def answered_checks(answers: dict[int, tuple[bool, bool]]) -> Iterator[None]:
+    """MatterGen's ``is_smact_valid`` and ``structure_validity`` answer precomputed structures
+    from ``answers`` (MatterGen's metrics ask for each twice) and compute any other."""
     from mattergen.evaluation.metrics import structure as metrics
 
-    answers = {id(s): a for s, a in zip(structures, run(_checks, structures))}
     originals = metrics.is_smact_valid, metrics.structure_validity
     metrics.is_smact_valid = lambda structure: (
         answers[id(structure)][0] if id(structure) in answers else originals[0](structure))
@@ -143,14 +173,6 @@ def precomputed_checks(structures: Sequence[Any], run: Callable = map) -> Iterat
         yield
     finally:
         metrics.is_smact_valid, metrics.structure_validity = originals
-
-
-def parallel_map(stack: contextlib.ExitStack, workers: int, size: int) -> Callable:
-    """A list-returning map over ``workers`` processes, or in-process when the work is small."""
-    if workers <= 1 or size < MIN_STRUCTURES_FOR_POOL:
-        return lambda fn, items: list(map(fn, items))
-    pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
-    return lambda fn, items: list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -193,12 +215,11 @@ def evaluate(
             original_structure=original_structures[i] if original_structures is not None else None) for i in ok]
     else:
         summaries = [MetricsStructureSummary.from_structure(structures[i]) for i in ok]
-    terminals = terminal_elements_with_energy(reference)
+    terminals = terminal_elements_with_energy(reference) if has_energy else set()
     covered = [all(el.symbol in terminals for el in s.composition.elements) for s in structures]
 
     logging.getLogger("MatterGen").setLevel(logging.ERROR)  # coverage is reported below, once
     with contextlib.ExitStack() as stack:
-        run = parallel_map(stack, workers, len(ok))
         stack.enter_context(fast_smact_validity())
         if has_energy:
             evaluator = MetricsEvaluator.from_structure_summaries(summaries, reference=reference,
@@ -207,8 +228,7 @@ def evaluate(
             evaluator = MetricsEvaluator([StructureMetricsCapability(
                 structure_summaries=summaries, reference_dataset=reference,
                 structure_matcher=DefaultDisorderedStructureMatcher())])
-        stack.enter_context(precomputed_checks(evaluator.structure_capability.structures, run))
-        precompute_matching(evaluator.structure_capability, run)
+        stack.enter_context(answered_checks(precompute(evaluator.structure_capability, workers)))
         chosen = [m for m in evaluator.available_metrics]
         if len(reference) == 0:  # novelty, precision and recall are undefined without a reference
             chosen = [m for m in chosen if not any(w in m.name for w in REFERENCE_METRIC_WORDS)]
@@ -226,16 +246,16 @@ def evaluate(
                 if energy_rows:
                     energy_evaluator = MetricsEvaluator.from_structure_summaries(
                         [summaries[j] for j in energy_rows], reference=reference, n_failed_jobs=n - len(ok))
-                    precompute_matching(energy_evaluator.structure_capability, run)
                     energy_only = [m for m in energy_evaluator.available_metrics if m not in chosen]
                     metrics.update({k: _plain(v) for k, v in energy_evaluator.compute_metrics(metrics=energy_only).items()})
 
     additional: dict[str, Any] = {
         "structures": n,
         "failed_relaxations": n - len(ok),
-        "covered_by_reference": int(sum(covered)),
     }
     e_hull = np.full(n, np.nan)
+    if has_energy:
+        additional["covered_by_reference"] = int(sum(covered))
     if energy_evaluator is not None:
         for j, value in zip(energy_rows, energy_evaluator.energy_capability.energy_above_hull):
             e_hull[ok[j]] = value
@@ -272,7 +292,7 @@ def evaluate(
             row["stable_strict"] = None if not np.isfinite(e_hull[i]) else bool(e_hull[i] <= STRICT_STABILITY_THRESHOLD)
             row["sun"] = None if row["stable"] is None else bool(row["stable"] and row.get("novel_unique"))
         table.append(row)
-    uncovered = sorted({structures[i].composition.chemical_system for i in range(n) if not covered[i]})
+    uncovered = sorted({structures[i].composition.chemical_system for i in range(n) if has_energy and not covered[i]})
     return Evaluation(metrics, additional, table, uncovered)
 
 

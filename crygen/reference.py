@@ -22,6 +22,7 @@ MatterGen's hull construction skips.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -112,23 +113,32 @@ def with_training_set(reference: Any, training: Sequence[Any]) -> Any:
         def __len__(self):
             return len(reference) + len(extra)
 
-        entries_by_chemsys = property(lambda self: _JoinedLookup(reference.entries_by_chemsys, extra.entries_by_chemsys))
-        entries_by_reduced_formula = property(
-            lambda self: _JoinedLookup(reference.entries_by_reduced_formula, extra.entries_by_reduced_formula))
+        @functools.cached_property
+        def entries_by_chemsys(self):
+            return _JoinedLookup(reference.entries_by_chemsys, extra.entries_by_chemsys)
+
+        @functools.cached_property
+        def entries_by_reduced_formula(self):
+            return _JoinedLookup(reference.entries_by_reduced_formula, extra.entries_by_reduced_formula)
 
     return ReferenceDataset(f"{reference.name}+training set", Joined())
 
 
 class _JoinedLookup(Mapping):
-    """Two ``key -> list of entries`` lookups read as one."""
+    """Two ``key -> list of entries`` lookups read as one (each key read once: an LMDB-backed
+    lookup deserialises its entries on every access)."""
 
     def __init__(self, first: Mapping, second: Mapping):
         self.first, self.second = first, second
+        self._read: dict[str, list] = {}
 
     def __getitem__(self, key):
-        if key not in self.first and key not in self.second:
-            raise KeyError(key)
-        return [*self.first.get(key, []), *self.second.get(key, [])]
+        if key not in self._read:
+            first, second = self.first.get(key), self.second.get(key)
+            if first is None and second is None:
+                raise KeyError(key)
+            self._read[key] = [*(first or []), *(second or [])]
+        return self._read[key]
 
     def __contains__(self, key):
         return key in self.first or key in self.second
@@ -143,11 +153,9 @@ class _JoinedLookup(Mapping):
 
 def terminal_elements_with_energy(reference: Any) -> set[str]:
     """Elements with at least one elemental entry of known energy (a phase diagram's terminals)."""
-    out = set()
-    for chemsys, entries in reference.entries_by_chemsys.items():
-        if "-" not in chemsys and any(np.isfinite(e.energy) for e in entries):
-            out.add(chemsys)
-    return out
+    lookup = reference.entries_by_chemsys
+    return {chemsys for chemsys in list(lookup)
+            if "-" not in chemsys and any(np.isfinite(e.energy) for e in lookup[chemsys])}
 
 
 # --------------------------------------------------------------------------- building

@@ -59,6 +59,20 @@ def test_generated_files(run_dir):
     assert (run_dir / "generation" / "model_for_generation" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_eval_gen_on_a_plain_folder_of_cifs(run_dir, tmp_path):
+    folder = tmp_path / "cifs"
+    with zipfile.ZipFile(run_dir / "generation" / "results" / "generated_crystals_cif.zip") as zf:
+        zf.extractall(folder)
+    out = tmp_path / "eval"
+    make("eval-gen", f"RESULTS={folder}", f"EVAL_OUT={out}", f"OUT={run_dir}")
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["count"] == 2 and summary["relaxed"] is True
+    assert "training set" in summary["definitions"]["novelty_against"]  # OUT/data counted
+    assert (out / "per_structure.csv").is_file() and (out / "relaxed_structures.extxyz").is_file()
+    failed = make("eval-gen", f"RESULTS={tmp_path / 'absent'}", f"EVAL_OUT={out}", check=False)
+    assert failed.returncode != 0 and "absent: not found" in failed.stderr
+
+
 def test_second_run_does_nothing(run_dir):
     start = time.time()
     proc = make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}")
