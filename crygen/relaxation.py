@@ -45,7 +45,11 @@ class Potential:
 
     def describe(self) -> dict[str, Any]:
         """What the output records about the potential: name, weights file and its hash."""
-        return {"name": self.name, "weights": self.weights.name, "weights_sha256": sha256_file(self.weights)}
+        return _identity(self.name, self.weights)
+
+
+def _identity(name: str, weights: Path) -> dict[str, Any]:
+    return {"name": name, "weights": weights.name, "weights_sha256": sha256_file(weights)}
 
 
 def chgnet_weights() -> Path:
@@ -160,7 +164,7 @@ def potential_identity(spec: str) -> dict[str, Any]:
         path = Path(spec)
     if not path.is_file():
         load_potential(spec)  # raises the one-line error that names the problem
-    return {"name": spec if spec in POTENTIALS else "mattersim", "weights": path.name, "weights_sha256": sha256_file(path)}
+    return _identity(spec if spec in POTENTIALS else "mattersim", path)
 
 
 @dataclass
@@ -172,18 +176,12 @@ class Relaxed:
     error: str | None = None
 
 
-class _StoredResults:
-    """An ASE calculator that hands the optimiser what the last batched call predicted."""
+def _attach(atoms: Any, energy: float, forces: np.ndarray, stress: np.ndarray) -> None:
+    """Give the optimiser what the last batched call predicted for ``atoms``."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.stress import full_3x3_to_voigt_6_stress
 
-    def __init__(self):
-        from ase.calculators.singlepoint import SinglePointCalculator
-
-        self._cls = SinglePointCalculator
-
-    def attach(self, atoms, energy, forces, stress):
-        from ase.stress import full_3x3_to_voigt_6_stress
-
-        atoms.calc = self._cls(atoms, energy=energy, forces=forces, stress=full_3x3_to_voigt_6_stress(stress))
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=full_3x3_to_voigt_6_stress(stress))
 
 
 def relax(
@@ -199,7 +197,6 @@ def relax(
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    store = _StoredResults()
     results: list[Relaxed | None] = [None] * len(structures)
     pending = list(range(len(structures)))[::-1]
     active: dict[int, tuple[Any, Any, list]] = {}  # index -> (atoms, optimiser, [steps])
@@ -241,7 +238,7 @@ def relax(
             if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and np.all(np.isfinite(stress))):
                 finish(i, float("nan"), False, "potential returned non-finite values")
                 continue
-            store.attach(atoms, energy, forces, stress)
+            _attach(atoms, energy, forces, stress)
             fmax_now = np.linalg.norm(opt.optimizable.get_forces(), axis=1).max()
             if fmax_now < fmax or steps[0] >= max_steps:
                 finish(i, energy, bool(fmax_now < fmax))
