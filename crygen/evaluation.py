@@ -229,9 +229,7 @@ def evaluate(
                 structure_summaries=summaries, reference_dataset=reference,
                 structure_matcher=DefaultDisorderedStructureMatcher())])
         stack.enter_context(answered_checks(precompute(evaluator.structure_capability, workers)))
-        chosen = [m for m in evaluator.available_metrics]
-        if len(reference) == 0:  # novelty, precision and recall are undefined without a reference
-            chosen = [m for m in chosen if not any(w in m.name for w in REFERENCE_METRIC_WORDS)]
+        chosen = _computable(evaluator.available_metrics, reference)
         metrics = {k: _plain(v) for k, v in evaluator.compute_metrics(metrics=chosen).items()}
         per_metric = _pre_aggregation(evaluator, chosen, len(ok))
 
@@ -320,10 +318,15 @@ def mattergen_metrics(structures, reference, energies=None, original_structures=
     else:
         evaluator = MetricsEvaluator.from_structures_and_energies(
             list(structures), list(energies), reference=reference, original_structures=original_structures)
-    chosen = evaluator.available_metrics
-    if len(reference) == 0:
-        chosen = [m for m in chosen if not any(w in m.name for w in REFERENCE_METRIC_WORDS)]
+    chosen = _computable(evaluator.available_metrics, reference)
     return {k: _plain(v) for k, v in evaluator.compute_metrics(metrics=chosen).items()}
+
+
+def _computable(metrics: Sequence[Any], reference: Any) -> list[Any]:
+    """Novelty, precision and recall are undefined against an empty reference."""
+    if len(reference) > 0:
+        return list(metrics)
+    return [m for m in metrics if not any(w in m.name for w in REFERENCE_METRIC_WORDS)]
 
 
 def _plain(v: Any) -> Any:

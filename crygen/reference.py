@@ -70,8 +70,9 @@ def reference_file(spec: str | Path) -> Path:
     return path
 
 
-def load_reference(spec: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The ``ReferenceDataset`` named by ``REFERENCE`` and what the output records about it."""
+def load_reference(spec: str | Path, sha256: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The ``ReferenceDataset`` named by ``REFERENCE`` and what the output records about it
+    (``sha256``: the file's hash when the caller has it already; Alex-MP-20 is 873 MB)."""
     from mattergen.evaluation.reference.reference_dataset_serializer import LMDBGZSerializer
 
     path = reference_file(spec)
@@ -79,7 +80,7 @@ def load_reference(spec: str | Path) -> tuple[Any, dict[str, Any]]:
         dataset = LMDBGZSerializer().deserialize(str(path))
     except Exception as e:
         raise CrygenError(path, f"not a MatterGen LMDB-gz reference ({one_line(e)})") from None
-    info = {"name": dataset.name, "path": str(path), "sha256": sha256_file(path), "entries": len(dataset)}
+    info = {"name": dataset.name, "path": str(path), "sha256": sha256 or sha256_file(path), "entries": len(dataset)}
     if recipe_path(path).is_file():
         recipe = read_json(recipe_path(path))
         info["potential"] = recipe.get("potential")
@@ -231,7 +232,8 @@ def build_reference(demo_data: Path, out: Path, potential_spec: str = "chgnet", 
     potential = load_potential(potential_spec, device)
     relaxation = {"optimizer": "FIRE", "cell_filter": "ExpCellFilter", "fmax_eV_per_A": FMAX_DEFAULT,
                   "max_steps": REFERENCE_MAX_STEPS}
-    kept, excluded = _reusable(out, potential.describe(), relaxation)
+    identity = potential.describe()
+    kept, excluded = _reusable(out, identity, relaxation)
     done = {e.data["material_id"] for e in kept} | {x["material_id"] for x in excluded}
     todo = [(i, s) for i, s in elements + demo if i not in done]
     with warnings.catch_warnings():
@@ -257,7 +259,7 @@ def build_reference(demo_data: Path, out: Path, potential_spec: str = "chgnet", 
                                    "max_atoms": MAX_ELEMENT_ATOMS, "structures": len(elements)},
         },
         "all_elements": all_elements,
-        "potential": potential.describe(),
+        "potential": identity,
         "relaxation": relaxation,
         "correction": "MaterialsProject2020Compatibility (via MatterGen's VasprunLike)",
         "relaxed_in_this_build": len(todo),

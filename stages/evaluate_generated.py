@@ -95,15 +95,13 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
     structures = read_structures(source)
     if not structures:
         raise CrygenError(source, "no structures to evaluate")
-    reference, reference_info = load_reference(reference_spec)
+    reference, reference_info = load_reference(reference_spec, settings["reference_sha256"])
     training = training_structures(training_data)
     novelty_reference = with_training_set(reference, training)
 
     energies = relaxed = None
-    potential_info = None
     if relax:
         model = load_potential(potential_spec, pick_device(device))
-        potential_info = model.describe()
         click.echo(f"evaluate_generated: relaxing {len(structures)} structures with {model.name}")
         relaxed = relax_structures(structures, model, fmax=fmax, max_steps=max_steps)
         if all(r.error for r in relaxed):
@@ -141,7 +139,7 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
                          "its energy above hull is empty and the energy metrics exclude it",
         },
         "reference": reference_info,
-        "potential": potential_info,
+        "potential": settings["potential"],  # name and weights hash, None without relaxation
         "settings": settings,
     })
     shown = {k: result.metrics[k] for k in ("avg_structure_validity", "frac_novel_unique_structures",
