@@ -33,10 +33,16 @@ DEFAULT_REFERENCE := data/reference/reference_chgnet.gz
 BASE_STEPS   ?= 10000
 PYTEST_ARGS  ?=
 
-SETUP := $(VENV)/.crygen-setup
+# ENV_READY=1: the compute environment in VENV was built elsewhere (a container image, a
+# cluster's shared venv) and is used as it is, never rebuilt from this copy of the project.
+ENV_READY    ?= 0
+SETUP_STAMP := $(VENV)/.crygen-setup
+SETUP := $(if $(filter 1,$(ENV_READY)),,$(SETUP_STAMP))
 STAMP := $(OUT)/.stamps
 export CRYGEN_TIMINGS_DIR := $(abspath $(OUT))/timings
 export PYTHONUNBUFFERED := 1
+# The stages import crygen from this copy of the project, wherever VENV lives.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 # A folder of CIFs is an input through every file in it. A missing input is left to the
 # stage, which names it in a one-line error (make would only say "no rule").
@@ -58,7 +64,7 @@ help: ## this list
 # MatterSim pin packages that do not exist, so they go in without their metadata's deps).
 setup: $(SETUP) ## build .venv from requirements-remote.txt (idempotent)
 
-$(SETUP): requirements-remote.txt
+$(SETUP_STAMP): requirements-remote.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade 'pip>=23.2'
 	grep -vE '#\s*(no-build-isolation|no-deps)\s*$$' requirements-remote.txt > $(VENV)/req-main.txt
