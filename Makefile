@@ -8,6 +8,8 @@ SHELL := /bin/bash
 
 # ---------------------------------------------------------------- variables
 PYTHON       ?= python3.11
+# The compute environment's package lists, as scripts/requirements.sh takes them.
+REQUIREMENTS := requirements-remote.txt requirements-local.txt
 VENV         ?= .venv
 PY           := $(VENV)/bin/python
 DEMO_DATA    := data/alexandria/alexandria-random-1k.xyz
@@ -34,8 +36,12 @@ BASE_STEPS   ?= 10000
 PYTEST_ARGS  ?=
 
 # ENV_READY=1: the compute environment in VENV was built elsewhere (a container image, a
-# cluster's shared venv) and is used as it is, never rebuilt from this copy of the project.
+# cluster's shared venv) and is used as it is, never rebuilt from this copy of the project;
+# without a VENV there, the python3 on PATH is that environment (a prebuilt image).
 ENV_READY    ?= 0
+ifeq ($(ENV_READY),1)
+PY := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+endif
 SETUP_STAMP := $(VENV)/.crygen-setup
 SETUP := $(if $(filter 1,$(ENV_READY)),,$(SETUP_STAMP))
 STAMP := $(OUT)/.stamps
@@ -50,8 +56,12 @@ DATA_FILES := $(if $(wildcard $(DATA)/.),$(shell find $(DATA) -type f 2>/dev/nul
               $(if $(filter $(DEMO_DATA),$(DATA)),$(DATA),$(wildcard $(DATA))))
 BASE_CKPT  := $(wildcard $(BASE_MODEL)/checkpoints/last.ckpt)
 
+include docker/docker.mk
+# With RUNNER=docker the goals are the container's (docker/docker.mk): none of the rules below.
+ifndef DOCKER_DISPATCH
+
 .PHONY: help setup pipeline prepare-data base-model finetune validate generate eval-gen reference summary \
-        test mattergen-tests bench clean data
+        test mattergen-tests bench clean data remote remote-status remote-fetch
 
 help: ## this list
 	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS"
@@ -64,15 +74,10 @@ help: ## this list
 # MatterSim pin packages that do not exist, so they go in without their metadata's deps).
 setup: $(SETUP) ## build .venv from requirements-remote.txt (idempotent)
 
-$(SETUP_STAMP): requirements-remote.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade 'pip>=23.2'
-	grep -vE '#\s*(no-build-isolation|no-deps)\s*$$' requirements-remote.txt > $(VENV)/req-main.txt
-	$(PY) -m pip install --quiet -r $(VENV)/req-main.txt
-	grep -E '#\s*no-build-isolation\s*$$' requirements-remote.txt | sed 's/#.*//' > $(VENV)/req-ext.txt
-	MAX_JOBS=2 $(PY) -m pip install --quiet --no-build-isolation -r $(VENV)/req-ext.txt
-	grep -E '#\s*no-deps\s*$$' requirements-remote.txt | sed 's/#.*//' > $(VENV)/req-nodeps.txt
-	$(PY) -m pip install --quiet --no-deps -r $(VENV)/req-nodeps.txt
+# The submit side's packages go in too (one resolver run checks both lists agree), so the
+# tests can drive dpdispatcher; `make remote` itself needs only LOCAL_VENV.
+$(SETUP_STAMP): $(REQUIREMENTS) scripts/requirements.sh
+	scripts/requirements.sh install $(PYTHON) $(VENV) $(REQUIREMENTS)
 	echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/crygen.pth
 	$(PY) -c 'from crygen.mattergen_compat import ensure_mattergen_files as f; print("gemnet scales:", f())'
 	touch $@
@@ -92,7 +97,8 @@ STAMP_generate := $(NUM_GEN) $(GEN_BATCH) $(SEED) $(DEVICE)
 STAMP_evaluate := $(RELAX) $(POTENTIAL) $(REFERENCE)
 
 # They are written when the Makefile is read (not by a rule), so `make -n` plans truly.
-STAMPED_GOALS := $(filter-out help setup data test mattergen-tests bench clean eval-gen reference,$(MAKECMDGOALS))
+STAMPED_GOALS := $(filter-out help setup data test mattergen-tests bench clean eval-gen reference image shell \
+                   remote remote-status remote-fetch,$(MAKECMDGOALS))
 ifneq ($(STAMPED_GOALS),)
 _stamps := $(foreach s,prepare finetune validate generate evaluate,$(shell mkdir -p $(STAMP) && \
   (echo '$(STAMP_$(s))' | cmp -s - $(STAMP)/$(s) || echo '$(STAMP_$(s))' > $(STAMP)/$(s))))
@@ -171,3 +177,47 @@ bench: $(SETUP) $(DEMO_DATA) ## measure set-up, stage times/memory and generatio
 
 clean: ## remove run folders (keeps .venv and the demo data)
 	rm -rf runs
+
+# ---------------------------------------------------------------- remote jobs
+# The submit side needs only requirements-local.txt: a laptop never builds the compute env.
+LOCAL_VENV   ?= .venv-local
+LOCAL_PY     := $(LOCAL_VENV)/bin/python
+LOCAL_SETUP  := $(LOCAL_VENV)/.crygen-local-setup
+MACHINE      ?= local
+TARGET       ?= pipeline
+WAIT         ?= 0
+DRY_RUN      ?= 0
+IMAGE        ?=
+JOB          ?=
+# Every other variable given on the command line travels with the job; make has already
+# put each in the environment, so only names cross the shell here.
+REMOTE_CONTROL := MACHINE TARGET WAIT DRY_RUN IMAGE JOB LOCAL_VENV RUNNER
+REMOTE_GIVEN := $(filter-out $(REMOTE_CONTROL),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $v)),$v)))
+yes = $(filter 1 yes true,$(1))
+
+$(LOCAL_SETUP): requirements-local.txt
+	test -x $(LOCAL_PY) || $(PYTHON) -m venv $(LOCAL_VENV)
+	$(LOCAL_PY) -m pip install --quiet -r requirements-local.txt
+	touch $@
+
+# Values reach remote/job.py through the environment, never through a shell's quoting.
+remote remote-status remote-fetch: export CRYGEN_TIMINGS_DIR =
+remote remote-status remote-fetch: export CRYGEN_MACHINE = $(MACHINE)
+remote remote-status remote-fetch: export CRYGEN_JOB = $(JOB)
+remote: export CRYGEN_TARGET = $(TARGET)
+remote: export CRYGEN_IMAGE = $(IMAGE)
+remote: export CRYGEN_GIVEN = $(REMOTE_GIVEN)
+remote: export CRYGEN_DEFAULT_DATA = $(DATA)
+remote: export CRYGEN_DEFAULT_BASE_MODEL = $(BASE_MODEL)
+remote: export CRYGEN_DEFAULT_RESULTS = $(RESULTS)
+
+remote: | $(LOCAL_SETUP) ## run TARGET on MACHINE (remote/profiles/*.json) via dpdispatcher: WAIT=1 DRY_RUN=1 IMAGE= + any variable
+	$(LOCAL_PY) remote/job.py submit $(if $(call yes,$(WAIT)),--wait) $(if $(call yes,$(DRY_RUN)),--dry-run)
+
+remote-status: | $(LOCAL_SETUP) ## state of a remote job: JOB=<id>
+	$(LOCAL_PY) remote/job.py status
+
+remote-fetch: | $(LOCAL_SETUP) ## download a finished remote job into remote/jobs/<id>/run: JOB=<id> [WAIT=1]
+	$(LOCAL_PY) remote/job.py fetch $(if $(call yes,$(WAIT)),--wait)
+
+endif  # DOCKER_DISPATCH
