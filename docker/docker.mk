@@ -1,0 +1,74 @@
+# ---------------------------------------------------------------- container image
+# Included by the Makefile after its variables. `make image` builds docker/Dockerfile;
+# RUNNER=docker runs any other target in that image, with the run folder and the inputs
+# given on the command line mounted where the container's make expects them.
+RUNNER       ?= local
+LOCAL_BASE   := localhost/crygen-base:bookworm
+BASE_IMAGE   ?= $(LOCAL_BASE)
+DOCKER       ?= docker
+DOCKER_ARGS  ?=
+WHEELS       := docker/wheels
+CRYGEN_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' crygen/__init__.py)
+# Project version and a hash of the build's inputs; computed once, when a rule first needs it.
+DOCKER_IMAGE ?= $(eval DOCKER_IMAGE := crygen:$(CRYGEN_VERSION)-$(shell \
+  docker/content-hash.sh $(BASE_IMAGE) $(PYTHON) $(REQUIREMENTS)))$(DOCKER_IMAGE)
+IMAGE_ROOT   := /opt/crygen
+# Targets that always run here: building and entering the image, set-up, remote submission.
+HOST_GOALS   := image shell help setup clean remote remote-status remote-fetch
+
+.PHONY: image shell
+
+image: $(WHEELS)/.complete | $(SETUP) $(DEMO_DATA) ## build the container image (BASE_IMAGE; tag crygen:VERSION-HASH)
+	$(if $(filter $(LOCAL_BASE),$(BASE_IMAGE)),$(DOCKER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 \
+	  || docker/base-image.sh $(BASE_IMAGE))
+	$(DOCKER) build --file docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  --build-arg PYTHON=$(PYTHON) --build-arg REQUIREMENTS='$(REQUIREMENTS)' \
+	  --tag $(DOCKER_IMAGE) --tag crygen:$(CRYGEN_VERSION) .
+	@echo "image: $(DOCKER_IMAGE)"
+
+# Wheels for every requirement, built with this machine's pip (its index, its wheel cache).
+$(WHEELS)/.complete: $(REQUIREMENTS) scripts/requirements.sh | $(SETUP)
+	scripts/requirements.sh wheels $(PY) $(WHEELS) $(REQUIREMENTS)
+	touch $@
+
+# ------------------------------------------------ RUNNER=docker
+docker_check = $(DOCKER) version >/dev/null 2>&1 || { echo "RUNNER=docker: no container engine \
+  reachable$(if $(DOCKER_HOST), at $(DOCKER_HOST)); start one (docker/engine.sh) or use RUNNER=local" >&2; \
+  exit 1; }; $(DOCKER) image inspect $(DOCKER_IMAGE) >/dev/null 2>&1 || { echo "RUNNER=docker: \
+  image $(DOCKER_IMAGE) not built (make image)" >&2; exit 1; }
+# A path's place in the container: absolute paths as they are, relative ones under the project.
+in_image = $(if $(filter /%,$(1)),$(abspath $(1)),$(abspath $(IMAGE_ROOT)/$(1)))
+mount = -v $(abspath $(1)):$(call in_image,$(1))
+# The run folder and EVAL_OUT are made here first, so they belong to the caller; the inputs
+# given on the command line are mounted when they exist (a missing one is the stage's error).
+DOCKER_OUTPUTS = $(OUT) $(if $(EVAL_OUT),$(EVAL_OUT))
+DOCKER_INPUTS  = $(foreach v,DATA BASE_MODEL RESULTS REFERENCE_DATA REFERENCE,\
+  $(if $(filter command line,$(origin $v)),$(wildcard $($v))))
+DOCKER_MOUNTS  = $(foreach p,$(DOCKER_OUTPUTS) $(DOCKER_INPUTS),$(call mount,$p))
+# The caller's command-line variables, except those that choose how and where to run.
+DOCKER_CONTROL := RUNNER DOCKER DOCKER_ARGS DOCKER_IMAGE BASE_IMAGE VENV ENV_READY PYTHON
+DOCKER_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $v)),\
+  $(if $(filter $(DOCKER_CONTROL),$v),,$v='$(subst ','\'',$($v))')))
+DOCKER_RUN = $(DOCKER) run --rm --network=none --user "$$(id -u):$$(id -g)" $(DOCKER_MOUNTS) $(DOCKER_ARGS)
+
+shell: ## a shell in the image, OUT mounted
+	@$(docker_check)
+	mkdir -p $(OUT)
+	$(DOCKER_RUN) -i $$([ -t 0 ] && echo -t) --entrypoint bash $(DOCKER_IMAGE)
+
+ifeq ($(RUNNER),docker)
+DISPATCH_GOALS := $(filter-out $(HOST_GOALS),$(MAKECMDGOALS))
+endif
+ifneq ($(DISPATCH_GOALS),)
+ifneq ($(filter $(HOST_GOALS),$(MAKECMDGOALS)),)
+$(error RUNNER=docker: run $(filter $(HOST_GOALS),$(MAKECMDGOALS)) apart from $(DISPATCH_GOALS))
+endif
+# The Makefile skips its own rules: each goal is the container's to build.
+DOCKER_DISPATCH := 1
+.PHONY: $(DISPATCH_GOALS) docker-run
+$(DISPATCH_GOALS): docker-run ; @:
+docker-run:
+	@$(docker_check)
+	mkdir -p $(DOCKER_OUTPUTS)
+	$(DOCKER_RUN) $(DOCKER_IMAGE) $(DISPATCH_GOALS) $(DOCKER_VARS) ENV_READY=1 VENV=$(IMAGE_ROOT)/.venv
+endif
