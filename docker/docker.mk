@@ -44,11 +44,11 @@ mount = -v $(abspath $(1)):$(call in_image,$(1))
 DOCKER_OUTPUTS = $(OUT) $(if $(EVAL_OUT),$(EVAL_OUT))
 DOCKER_INPUTS  = $(foreach v,DATA BASE_MODEL RESULTS REFERENCE_DATA REFERENCE,\
   $(if $(filter command line,$(origin $v)),$(wildcard $($v))))
-DOCKER_MOUNTS  = $(foreach p,$(DOCKER_OUTPUTS) $(DOCKER_INPUTS),$(call mount,$p))
+DOCKER_MOUNTS  = $(strip $(foreach p,$(DOCKER_OUTPUTS) $(DOCKER_INPUTS),$(call mount,$p)))
 # The caller's command-line variables, except those that choose how and where to run.
 DOCKER_CONTROL := RUNNER DOCKER DOCKER_ARGS DOCKER_IMAGE BASE_IMAGE VENV ENV_READY PYTHON
-DOCKER_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $v)),\
-  $(if $(filter $(DOCKER_CONTROL),$v),,$v='$(subst ','\'',$($v))')))
+DOCKER_VARS = $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $v)),\
+  $(if $(filter $(DOCKER_CONTROL),$v),,$v='$(subst ','\'',$($v))'))))
 DOCKER_RUN = $(DOCKER) run --rm --network=none --user "$$(id -u):$$(id -g)" $(DOCKER_MOUNTS) $(DOCKER_ARGS)
 
 shell: ## a shell in the image, OUT mounted
