@@ -31,10 +31,10 @@ from crygen.fileio import CrygenError, atomic_path, one_line, read_json, sha256_
 
 PROJECT = Path(__file__).resolve().parent.parent
 PROFILES = PROJECT / "remote" / "profiles"
-JOBS = PROJECT / "remote" / "jobs"
+JOBS = Path(os.environ.get("CRYGEN_REMOTE_JOBS", PROJECT / "remote" / "jobs"))
 
 # What of the project a job needs. The data it works on travel as inputs (below).
-PROJECT_FILES = ("Makefile", "requirements-remote.txt", "requirements-local.txt",
+PROJECT_FILES = ("Makefile", "docker/docker.mk", "requirements-remote.txt", "requirements-local.txt",
                  "crygen", "stages", "tests", "data/reference")
 SKIPPED = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")
 
@@ -206,17 +206,27 @@ def _expand(value: Any, where: str, lookup: Callable[[str], str | None]) -> Any:
     return filled
 
 
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|APP_KEY|TICKET|TOKEN|PASSPHRASE")
+_SECRETS_TAKEN: dict[str, str] = {}
+
+
 def make_lookup() -> Callable[[str], str | None]:
     """Placeholders read the environment, then the credentials file; CRYGEN_PROJECT is this
-    project. Every value read under a secret-looking name is registered for redaction."""
+    project, CRYGEN_SCRATCH the local profile's job folder (remote/scratch). A secret read from the environment is taken out of it (a local job's processes
+    inherit this one's environment) and registered for redaction."""
     credentials = read_credentials()
-    builtins = {"CRYGEN_PROJECT": str(PROJECT)}
+    builtins = {"CRYGEN_PROJECT": str(PROJECT),
+                "CRYGEN_SCRATCH": os.environ.get("CRYGEN_SCRATCH", str(PROJECT / "remote" / "scratch"))}
+    for name in [n for n in os.environ if _SECRET_NAME.search(n)]:
+        _SECRETS_TAKEN[name] = os.environ.pop(name)
+        REDACT.add(_SECRETS_TAKEN[name])
 
     def lookup(name: str) -> str | None:
-        value = builtins.get(name) or os.environ.get(name) or credentials.get(name)
-        if value and re.search(r"PASSWORD|SECRET|ACCESS_KEY|APP_KEY|TICKET|TOKEN|PASSPHRASE", name):
+        if _SECRET_NAME.search(name):
+            value = _SECRETS_TAKEN.get(name) or credentials.get(name)
             REDACT.add(value)
-        return value
+            return value
+        return builtins.get(name) or os.environ.get(name) or credentials.get(name)
 
     return lookup
 
@@ -356,15 +366,15 @@ def job_script(job_id: str, target: str, make_vars: dict[str, str], inputs: list
 # ---------------------------------------------------------------- submissions
 @contextlib.contextmanager
 def dpdispatcher_logging(job_dir: Path) -> Iterator[None]:
-    """dpdispatcher logs to the job folder, through the redactor, and only warnings to the
-    terminal (crygen prints its own progress)."""
+    """dpdispatcher logs to the job folder, through the redactor, and only errors to the
+    terminal (crygen prints its own progress and a failed job's error tail)."""
     from dpdispatcher.dlog import dlog
 
     saved = list(dlog.handlers)
     handler = logging.FileHandler(job_dir / "dpdispatcher.log")
     handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s : %(message)s"))
     console = logging.StreamHandler()
-    console.setLevel(logging.WARNING)
+    console.setLevel(logging.ERROR)
     for h in saved:
         dlog.removeHandler(h)
     for h in (handler, console):
@@ -495,6 +505,7 @@ def _describe_dry_run(record: dict, machine_dict: dict, staging: Path) -> None:
             "task": {"command": job.job_task_list[0].command, "forward_files": record["forward_files"],
                      "backward_files": job.job_task_list[0].backward_files},
             "script": machine.gen_script(job),
+            "task_script": machine.gen_script_command(job),
         }
 
 

@@ -87,3 +87,135 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     """The last non-empty stderr line: where a stage states its one-line error."""
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------- real daemons on loopback
+# Each runs in the foreground under its own Popen, so it is stopped by its own PID.
+# CI (.ci/run) installs them and sets CRYGEN_REQUIRE_DAEMONS=1: a missing one then fails
+# instead of skipping.
+
+
+def require_programs(*names: str) -> None:
+    import shutil
+
+    import pytest
+
+    missing = [n for n in names if not shutil.which(n, path=os.environ["PATH"] + ":/usr/sbin")]
+    if missing:
+        message = f"not installed: {', '.join(missing)} (apt-get install openssh-server slurmctld slurmd slurm-client munge)"
+        if os.environ.get("CRYGEN_REQUIRE_DAEMONS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, what: str, timeout: float = 30.0) -> None:
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not come up within {timeout:.0f} s")
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Daemons:
+    """munged + slurmctld + slurmd (one-node Slurm) and an sshd, all on 127.0.0.1 under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.procs: list[subprocess.Popen] = []
+        self.env = dict(os.environ)
+
+    def _start(self, argv: list[str], log: str) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=open(self.root / log, "w"), stderr=subprocess.STDOUT, env=self.env)
+        self.procs.append(proc)
+        return proc
+
+    def start_slurm(self) -> Path:
+        import socket
+
+        d = self.root
+        munge = d / "munge"
+        munge.mkdir(mode=0o755)
+        munge.chmod(0o755)  # munged insists on this for its socket folder
+        subprocess.run(["mungekey", "--create", f"--keyfile={munge / 'munge.key'}", "--force"], check=True)
+        (munge / "munge.key").chmod(0o400)
+        self._start(["munged", "--foreground", "--force", f"--socket={munge / 'munge.sock'}",
+                     f"--key-file={munge / 'munge.key'}", f"--log-file={munge / 'log'}",
+                     f"--pid-file={munge / 'pid'}", f"--seed-file={munge / 'seed'}"], "munged.out")
+        wait_for(lambda: (munge / "munge.sock").exists(), "munged")
+        node = socket.gethostname().split(".")[0]
+        for sub in ("state", "spool"):
+            (d / sub).mkdir()
+        ctld_port, slurmd_port = free_port(), free_port()
+        conf = d / "slurm.conf"
+        conf.write_text("\n".join([
+            "ClusterName=crygen-test", f"SlurmctldHost={node}(127.0.0.1)",
+            f"SlurmctldPort={ctld_port}", f"SlurmdPort={slurmd_port}",
+            "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge", f"AuthInfo=socket={munge / 'munge.sock'}",
+            "CredType=cred/munge", f"StateSaveLocation={d / 'state'}", f"SlurmdSpoolDir={d / 'spool'}",
+            f"SlurmctldPidFile={d / 'slurmctld.pid'}", f"SlurmdPidFile={d / 'slurmd.pid'}",
+            f"SlurmctldLogFile={d / 'slurmctld.log'}", f"SlurmdLogFile={d / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none", "SwitchType=switch/none", "MpiDefault=none",
+            "SchedulerType=sched/builtin", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+            "ReturnToService=2",
+            f"NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=1000 State=UNKNOWN",
+            f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP", ""]))
+        self.env["SLURM_CONF"] = str(conf)
+        self._start(["slurmctld", "-D", "-c", "-f", str(conf)], "slurmctld.out")
+        self._start(["slurmd", "-D", "-f", str(conf)], "slurmd.out")
+
+        def idle() -> bool:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env).stdout
+            return "idle" in out.split()
+
+        wait_for(idle, "slurm node")
+        return conf
+
+    def start_sshd(self, slurm_conf: Path | None = None) -> dict:
+        """An sshd on a free loopback port with a throwaway key; returns how to reach it."""
+        d = self.root / "ssh"
+        d.mkdir()
+        for key in ("id", "hostkey"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+        (d / "authorized_keys").write_text((d / "id.pub").read_text())
+        Path("/run/sshd").mkdir(exist_ok=True)
+        port = free_port()
+        config = [f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {d / 'hostkey'}", f"PidFile {d / 'sshd.pid'}",
+                  f"AuthorizedKeysFile {d / 'authorized_keys'}", "PermitRootLogin prohibit-password",
+                  "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
+                  "StrictModes no", "Subsystem sftp internal-sftp"]
+        if slurm_conf:
+            config.append(f"SetEnv SLURM_CONF={slurm_conf}")
+        (d / "sshd_config").write_text("\n".join(config) + "\n")
+        self._start(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")], "sshd.out")
+        wait_for(lambda: _port_open(port), "sshd")
+        return {"host": "127.0.0.1", "port": port, "user": os.environ.get("USER") or "root", "key": str(d / "id")}
+
+    def stop(self) -> None:
+        if "SLURM_CONF" in self.env:
+            subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=20)
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

@@ -1,0 +1,281 @@
+"""`make remote` against real components: dpdispatcher's local shell, an sshd and a one-node
+Slurm on loopback, and a Bohrium job description checked offline (dry run)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from crygen import remote
+from crygen.fileio import CrygenError
+from tests.helpers import NACL_CIF, ROOT, Daemons, demo_subset, require_programs
+
+# Fake credentials, made per run (so that no source file travelling with a job holds them):
+# the tests look for them in every file under the job folders and in every output.
+FAKE_SECRETS = {"BOHRIUM_PASSWORD": f"pw-{uuid.uuid4().hex}", "BOHRIUM_ACCESS_KEY": f"ak-{uuid.uuid4().hex}"}
+FAKE_ACCOUNT = {"BOHRIUM_EMAIL": "crygen-test@example.org", "BOHRIUM_PROGRAM_ID": "12345", "BOHRIUM_PROJECT_ID": "12345"}
+IMAGE = "registry.example.org/crygen/crygen:test"
+
+
+def make_remote(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """`make <args>` in the project, with this test's own job and scratch folders."""
+    base = {k: v for k, v in os.environ.items() if k not in FAKE_SECRETS}
+    full_env = {**base, "CRYGEN_REMOTE_JOBS": str(tmp_path / "jobs"), "CRYGEN_SCRATCH": str(tmp_path / "scratch"),
+                **(env or {})}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def only_job(tmp_path: Path) -> tuple[Path, dict]:
+    jobs = sorted((tmp_path / "jobs").iterdir())
+    assert len(jobs) >= 1, "no job folder written"
+    return jobs[-1], json.loads((jobs[-1] / "job.json").read_text())
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def assert_no_secret(tmp_path: Path, *outputs: str) -> None:
+    leaks = []
+    for path in [*(tmp_path / "jobs").rglob("*"), *(tmp_path / "scratch").rglob("*")]:
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            leaks += [f"{path}: {name}" for name, value in FAKE_SECRETS.items() if value.encode() in data]
+    leaks += [f"output: {name}" for name, value in FAKE_SECRETS.items() for out in outputs if value in out]
+    assert not leaks, leaks
+
+
+# ---------------------------------------------------------------- profiles, credentials, quoting
+@pytest.mark.parametrize("name", ["local", "slurm", "bohrium", "bohrium-openapi"])
+def test_shipped_profiles_pass_dpdispatchers_checks(name, tmp_path, monkeypatch):
+    for key, value in {**FAKE_ACCOUNT, **FAKE_SECRETS, "CRYGEN_SSH_HOST": "h", "CRYGEN_SSH_USER": "u",
+                       "CRYGEN_SSH_KEY": "/k", "CRYGEN_REMOTE_ROOT": "/r", "CRYGEN_REMOTE_VENV": "/v"}.items():
+        monkeypatch.setenv(key, value)
+    profile = remote.Profile.load(name)
+    machine, resources = profile.machine_and_resources(tmp_path, remote.make_lookup())
+    assert machine["local_root"] == str(tmp_path) and resources["batch_type"] == machine["batch_type"]
+    if name == "slurm":
+        assert machine["remote_profile"]["port"] == 22 and resources["gpu_per_node"] == 1  # typed defaults
+    assert set(profile.settings(remote.make_lookup())["make_vars"]) >= {"VENV", "ENV_READY"}
+
+
+def test_profile_errors_are_one_line_and_name_the_file(tmp_path, monkeypatch):
+    for name in ("CRYGEN_SSH_HOST", "CRYGEN_REMOTE_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(CrygenError, match=r"slurm.json: machine\.remote_root: \$\{CRYGEN_REMOTE_ROOT\} is not set"):
+        remote.Profile.load("slurm").machine_and_resources(tmp_path, remote.make_lookup())
+    literal = tmp_path / "literal.json"
+    raw = json.loads((remote.PROFILES / "bohrium.json").read_text())
+    raw["machine"]["remote_profile"]["password"] = "hunter2hunter2"
+    literal.write_text(json.dumps(raw))
+    with pytest.raises(CrygenError, match="a secret does not belong in a profile") as e:
+        remote.Profile.load(str(literal))
+    assert str(literal) in str(e.value) and "hunter2" not in str(e.value)
+    bad = tmp_path / "bad.json"
+    raw = json.loads((remote.PROFILES / "local.json").read_text())
+    raw["resources"]["cpu_per_node"] = "many"
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(CrygenError, match=r"resources: .*cpu_per_node") as e:
+        remote.Profile.load(str(bad)).machine_and_resources(tmp_path, remote.make_lookup())
+    assert len(str(e.value).splitlines()) == 1
+    with pytest.raises(CrygenError, match="no such machine profile"):
+        remote.Profile.load("no-such-cluster")
+
+
+def test_credentials_file_must_be_private(tmp_path, monkeypatch):
+    creds = tmp_path / "credentials"
+    creds.write_text(f"BOHRIUM_PASSWORD={FAKE_SECRETS['BOHRIUM_PASSWORD']}\n")
+    monkeypatch.setenv("CRYGEN_CREDENTIALS", str(creds))
+    creds.chmod(0o644)
+    with pytest.raises(CrygenError, match="chmod 600") as e:
+        remote.read_credentials()
+    assert str(creds) in str(e.value) and FAKE_SECRETS["BOHRIUM_PASSWORD"] not in str(e.value)
+    creds.chmod(0o600)
+    assert remote.read_credentials() == {"BOHRIUM_PASSWORD": FAKE_SECRETS["BOHRIUM_PASSWORD"]}
+
+
+def test_user_values_are_quoted_in_the_job_script(tmp_path):
+    hostile = f"1; touch {tmp_path}/pwned $(touch {tmp_path}/pwned2) `id` 'q' $HOME"
+    script = remote.job_script("j", "pipeline", {"EPOCHS": hostile, "OUT": "run"}, [], None)
+    make_line = next(line for line in script.splitlines() if line.startswith("status=0; make "))
+    # run that line with real bash and make: the Makefile writes back exactly what make got
+    (tmp_path / "Makefile").write_text("pipeline:\n\t$(file >got.txt,$(EPOCHS))\n")
+    subprocess.run(["bash", "-c", make_line], cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "got.txt").read_text() == hostile + "\n"
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+    with pytest.raises(CrygenError, match="TARGET"):
+        remote.job_variables("pipeline; rm -rf /", {}, {})
+
+
+# ---------------------------------------------------------------- downloaded archives
+def _tar(path: Path, members: list[tuple[str, str | None, str | None]]) -> Path:
+    """(name, file content or None, symlink target or None) -> a .tar.gz."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content, link in members:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            else:
+                data = (content or "").encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("evil", [("run/../../escaped.txt", "x", None), ("/tmp/absolute.txt", "x", None),
+                                  ("elsewhere.txt", "x", None), ("run/link", None, "../../outside"),
+                                  ("run/abs-link", None, "/etc/passwd")])
+def test_an_archive_reaching_outside_the_job_folder_is_refused(tmp_path, evil):
+    archive = _tar(tmp_path / "run.tar.gz", [("run/summary.json", "{}", None), evil])
+    job = tmp_path / "job"
+    job.mkdir()
+    with pytest.raises(CrygenError, match="outside the job folder; archive refused"):
+        remote.extract_run(archive, job)
+    assert list(job.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_good_archive_is_unpacked_into_run(tmp_path):
+    archive = _tar(tmp_path / "run.tar.gz", [("run/summary.json", '{"ok": 1}', None),
+                                             ("run/generation/x.txt", "y", None), ("run/latest", None, "summary.json")])
+    run = remote.extract_run(archive, tmp_path)
+    assert json.loads((run / "summary.json").read_text()) == {"ok": 1}
+    assert (run / "latest").resolve() == (run / "summary.json").resolve()
+
+
+# ---------------------------------------------------------------- Bohrium, offline
+@pytest.mark.parametrize("profile", ["bohrium", "bohrium-openapi"])
+def test_bohrium_dry_run_builds_a_checked_job_without_secrets(profile, tmp_path):
+    creds = tmp_path / "credentials"  # the password from a 0600 file, the rest from the environment
+    creds.write_text("".join(f"{k}={v}\n" for k, v in FAKE_SECRETS.items()))
+    creds.chmod(0o600)
+    proc = make_remote(tmp_path, "remote", f"MACHINE={profile}", "TARGET=pipeline", "DRY_RUN=1", f"IMAGE={IMAGE}",
+                       "EPOCHS=3", "NUM_GEN=64", env={**FAKE_ACCOUNT, "CRYGEN_CREDENTIALS": str(creds)})
+    assert_ok(proc)
+    job, record = only_job(tmp_path)
+    described = record["dry_run_description"]
+    remote_profile = described["machine"]["remote_profile"]
+    if profile == "bohrium":
+        input_data = remote_profile["input_data"]
+        assert (input_data["image_name"], input_data["scass_type"], input_data["platform"], input_data["job_type"]) == \
+            (IMAGE, "1 * NVIDIA V100_32g", "ali", "container")
+        assert remote_profile["program_id"] == 12345 and remote_profile["email"] == FAKE_ACCOUNT["BOHRIUM_EMAIL"]
+    else:
+        assert (remote_profile["image_address"], remote_profile["machine_type"], remote_profile["platform"]) == \
+            (IMAGE, "1 * NVIDIA V100_32g", "ali")
+    assert not set(remote.SECRET_KEYS) & set(remote_profile)
+    assert described["task"]["backward_files"] == ["run.tar.gz", "make.log", "make.err"]
+    assert {"Makefile", "crygen", "stages", "data", "inputs", "MANIFEST.sha256", "crygen-job.sh"} <= \
+        set(described["task"]["forward_files"])
+    assert "bash crygen-job.sh" in described["task_script"]
+    assert record["make_vars"]["EPOCHS"] == "3" and record["make_vars"]["OUT"] == "run"
+    assert record["make_vars"]["VENV"] == "/opt/crygen/.venv"
+    assert {i["var"]: i["how"] for i in record["inputs"]} == {"DATA": "upload", "BASE_MODEL": "upload"}
+    script = (job / "task" / "crygen-job.sh").read_text()
+    assert "sha256sum --quiet --strict -c MANIFEST.sha256" in script and "make pipeline" in script
+    assert_no_secret(tmp_path, proc.stdout, proc.stderr)
+
+
+def test_a_bad_profile_stops_before_anything_is_staged(tmp_path):
+    proc = make_remote(tmp_path, "remote", "MACHINE=bohrium", "TARGET=pipeline", "DRY_RUN=1",
+                       env={"CRYGEN_CREDENTIALS": str(tmp_path / "none")})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-2].startswith("remote: error: ") and "is not set" in proc.stderr
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
+
+
+# ---------------------------------------------------------------- the local shell
+def test_local_shell_runs_the_pipeline_end_to_end(tmp_path):
+    proc = make_remote(tmp_path, "remote", "MACHINE=local", "TARGET=pipeline", "EPOCHS=1", "NUM_GEN=2", "WAIT=1",
+                       env={**FAKE_ACCOUNT, **FAKE_SECRETS})
+    assert_ok(proc)
+    job, record = only_job(tmp_path)
+    run = job / "run"
+    assert f"results in {run}" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["generation_eval"]["metrics"]["avg_structure_validity"] >= 0.0
+    assert (run / "generation" / "results" / "generated_crystals.extxyz").is_file()
+    assert (run / "evaluation" / "metrics.json").is_file() and (job / "make.log").is_file()
+    assert not (job / "task").exists()  # what travelled is gone once the results are in
+    assert record["make_vars"]["EPOCHS"] == "1" and record["make_vars"]["NUM_GEN"] == "2"
+    assert_no_secret(tmp_path, proc.stdout, proc.stderr)
+
+
+def test_a_failed_job_shows_its_error_and_exits_non_zero(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("material_id,cif\n")
+    proc = make_remote(tmp_path, "remote", "MACHINE=local", "TARGET=prepare-data", f"DATA={empty}", "WAIT=1")
+    assert proc.returncode != 0
+    assert "remote job failed; tail of its error log" in proc.stderr
+    assert "prepare_data: error:" in proc.stderr and "empty.csv" in proc.stderr
+
+
+# ---------------------------------------------------------------- SSH and Slurm on loopback
+@pytest.fixture(scope="module")
+def daemons(tmp_path_factory):
+    require_programs("sshd", "ssh-keygen", "munged", "mungekey", "slurmctld", "slurmd", "sinfo", "sbatch")
+    d = Daemons(tmp_path_factory.mktemp("daemons"))
+    try:
+        conf = d.start_slurm()
+        yield d, d.start_sshd(slurm_conf=conf)
+    finally:
+        d.stop()
+
+
+def ssh_env(ssh: dict, root: Path) -> dict:
+    return {"CRYGEN_SSH_HOST": ssh["host"], "CRYGEN_SSH_PORT": str(ssh["port"]), "CRYGEN_SSH_USER": ssh["user"],
+            "CRYGEN_SSH_KEY": ssh["key"], "CRYGEN_REMOTE_ROOT": str(root), "CRYGEN_REMOTE_VENV": str(ROOT / ".venv"),
+            "CRYGEN_SLURM_PARTITION": "debug", "CRYGEN_SLURM_CPUS": "1", "CRYGEN_SLURM_GPUS": "0",
+            "CRYGEN_CHECK_INTERVAL": "2"}
+
+
+def test_ssh_shell_uploads_an_input_once(daemons, tmp_path):
+    _, ssh = daemons
+    profile = json.loads((remote.PROFILES / "slurm.json").read_text())
+    profile["machine"]["batch_type"] = "Shell"  # SSH alone: the job runs in the login shell
+    profile["resources"].pop("queue_name")
+    (tmp_path / "ssh-shell.json").write_text(json.dumps(profile))
+    data = demo_subset(tmp_path / "ten.extxyz", 10)
+    env = ssh_env(ssh, tmp_path / "ssh-root")
+    for attempt in (1, 2):
+        proc = make_remote(tmp_path, "remote", f"MACHINE={tmp_path / 'ssh-shell.json'}", "TARGET=prepare-data",
+                           f"DATA={data}", "VAL_FRACTION=0.2", "WAIT=1", env=env)
+        assert_ok(proc)
+        job, record = only_job(tmp_path)
+        assert json.loads((job / "run" / "data" / "dataset.json").read_text())["n_val"] == 2
+        how = {i["var"]: i["how"] for i in record["inputs"]}
+        if attempt == 1:
+            assert how == {"DATA": "upload", "BASE_MODEL": "upload"}
+        else:  # the same content is already in the input cache over there: nothing travels again
+            assert how == {"DATA": "cached", "BASE_MODEL": "cached"} and "inputs" not in record["forward_files"]
+            assert "-> cached" in proc.stdout
+
+
+def test_slurm_over_ssh_submit_status_fetch(daemons, tmp_path):
+    _, ssh = daemons
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    (cifs / "NaCl.cif").write_text(NACL_CIF)
+    env = ssh_env(ssh, tmp_path / "slurm-root")
+    proc = make_remote(tmp_path, "remote", "MACHINE=slurm", "TARGET=eval-gen", f"RESULTS={cifs}", "RELAX=0", env=env)
+    assert_ok(proc)
+    job, record = only_job(tmp_path)
+    assert f"make remote-status JOB={job.name}" in proc.stdout
+    status = make_remote(tmp_path, "remote-status", f"JOB={job.name}", env=env)
+    assert_ok(status)
+    assert f"job {job.name} on slurm:" in status.stdout
+    fetched = make_remote(tmp_path, "remote-fetch", f"JOB={job.name}", "WAIT=1", env=env)
+    assert_ok(fetched)
+    metrics = json.loads((job / "run" / "eval-gen" / "metrics_summary.json").read_text())
+    assert metrics["count"] == 1 and metrics["relaxed"] is False
+    slurm, _ = daemons  # Slurm itself ran it: its job table holds a job in that submission's folder
+    jobs = subprocess.run(["scontrol", "-o", "show", "jobs"], capture_output=True, text=True, env=slurm.env).stdout
+    assert f"WorkDir={tmp_path / 'slurm-root'}" in jobs and "JobState=COMPLETED" in jobs
