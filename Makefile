@@ -65,8 +65,8 @@ ifndef DOCKER_DISPATCH
 
 help: ## this list
 	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS"
-	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT):"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
+	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT RUNNER=local|docker):"
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
 
 # ---------------------------------------------------------------- environment
 # requirements-remote.txt is the one list of packages; a tag at the end of a line says how
