@@ -13,6 +13,8 @@ provides them, written for crygen:
 * ``crygen/sampling_conf/default.yaml`` is the predictor-corrector sampling config;
   :func:`sampling_overrides` sets its step count to the model's D3PM step count, which
   MatterGen's sampler requires.
+* :func:`adapter_config` / :func:`register_properties`: property conditioning on any
+  property name, where MatterGen accepts only those in its hard-coded list.
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ def data_module_config(
                 {"_target_": "mattergen.common.data.transform.symmetrize_lattice", "_partial_": True},
                 {"_target_": "mattergen.common.data.transform.set_chemical_system_string", "_partial_": True},
             ],
-            "dataset_transforms": [
+            # with properties, structures missing a value stay: they train the unconditional branch
+            "dataset_transforms": [] if properties else [
                 {"_target_": "mattergen.common.data.dataset_transform.filter_sparse_properties", "_partial_": True}
             ],
         }
@@ -444,3 +447,169 @@ def smact_validity(comp, count, use_pauling_test=True, include_alloys=True, incl
                 pass
         return True
     return False
+
+
+# --------------------------------------------------------------------------- properties
+# MatterGen accepts a property only if its name is in the hard-coded PROPERTY_SOURCE_IDS
+# list (datasets, PropertyValues and PropertyEmbedding assert it; the guidance transforms
+# find conditional fields by it). crygen appends user property names to that same list
+# object, which every MatterGen module imported by name. The model config names
+# ``RegisteredPropertyEmbedding`` for such a property, so instantiating the config — in
+# crygen or in MatterGen's own CrystalGenerator, in a fresh process — registers the name
+# before MatterGen checks it; a model dir needs nothing but crygen importable.
+
+# The property kinds crygen embeds (crygen/properties.py infers them from the data).
+FLOAT, CATEGORICAL, CHEMICAL_SYSTEM, SPACE_GROUP = "float", "categorical", "chemical_system", "space_group"
+
+
+_BUILTIN_PROPERTIES: tuple[str, ...] | None = None
+
+
+def builtin_properties() -> tuple[str, ...]:
+    """MatterGen's own property names (the list as it was before crygen added any)."""
+    global _BUILTIN_PROPERTIES
+    if _BUILTIN_PROPERTIES is None:
+        from mattergen.common.utils.globals import PROPERTY_SOURCE_IDS
+
+        _BUILTIN_PROPERTIES = tuple(PROPERTY_SOURCE_IDS)
+    return _BUILTIN_PROPERTIES
+
+
+def register_properties(names) -> None:
+    from mattergen.common.utils.globals import PROPERTY_SOURCE_IDS
+
+    builtin_properties()  # taken before the first addition
+    for name in names:
+        if name not in PROPERTY_SOURCE_IDS:
+            PROPERTY_SOURCE_IDS.append(name)
+
+
+def _property_embedding_class():
+    from mattergen.property_embeddings import PropertyEmbedding
+
+    class RegisteredPropertyEmbedding(PropertyEmbedding):
+        def __init__(self, name: str, *args, **kwargs):
+            register_properties([name])
+            super().__init__(name, *args, **kwargs)
+
+    return RegisteredPropertyEmbedding
+
+
+def _categorical_embedding_class():
+    import torch
+
+    class CategoricalEmbedding(torch.nn.Module):
+        """A learned vector per category. Takes category indices (the dataset stores them as
+        floats, NaN where missing) or the category labels themselves (a condition given to
+        MatterGen's generator, e.g. ``{"solid_electrolyte": "yes"}``)."""
+
+        def __init__(self, categories: list[str], hidden_dim: int):
+            super().__init__()
+            self.categories = [str(c) for c in categories]
+            self.hidden_dim = hidden_dim
+            self.embedding = torch.nn.Embedding(len(self.categories), hidden_dim)
+
+        def forward(self, x) -> torch.Tensor:
+            device = self.embedding.weight.device
+            if isinstance(x, torch.Tensor):
+                # missing values (NaN) take index 0; PropertyEmbedding replaces their
+                # embedding by the unconditional one
+                index = torch.nan_to_num(x.reshape(-1).float(), nan=0.0).long().to(device)
+            else:
+                index = torch.tensor([self.categories.index(str(v)) for v in x], device=device)
+            return self.embedding(index)
+
+    return CategoricalEmbedding
+
+
+def __getattr__(name: str):
+    # The classes subclass torch modules; built on first use so importing this module
+    # stays free of torch (the stages import it before choosing a device).
+    if name == "RegisteredPropertyEmbedding":
+        cls = _property_embedding_class()
+    elif name == "CategoricalEmbedding":
+        cls = _categorical_embedding_class()
+    else:
+        raise AttributeError(name)
+    cls.__module__ = __name__
+    cls.__qualname__ = name
+    globals()[name] = cls
+    return cls
+
+
+def property_embedding_config(name: str, definition: dict[str, Any], hidden_dim: int) -> dict[str, Any]:
+    """MatterGen's PropertyEmbedding for one property, as MatterGen's own Hydra conf builds
+    it for its built-in ones: scalars through a StandardScaler (fitted on the training
+    values) and a sinusoidal encoding, chemical systems multi-hot, space groups a table."""
+    kind = definition["kind"]
+    unconditional = {"_target_": "mattergen.property_embeddings.EmbeddingVector", "hidden_dim": hidden_dim}
+    identity = {"_target_": "torch.nn.Identity"}
+    if kind == FLOAT:
+        conditional = {"_target_": "mattergen.diffusion.model_utils.NoiseLevelEncoding", "d_model": hidden_dim}
+        scaler = {"_target_": "mattergen.common.utils.data_utils.StandardScalerTorch"}
+    elif kind == CATEGORICAL:
+        conditional = {"_target_": f"{__name__}.CategoricalEmbedding",
+                       "categories": list(definition["categories"]), "hidden_dim": hidden_dim}
+        scaler = identity
+    elif kind == CHEMICAL_SYSTEM:
+        conditional = {"_target_": "mattergen.property_embeddings.ChemicalSystemMultiHotEmbedding",
+                       "hidden_dim": hidden_dim}
+        scaler = identity
+    elif kind == SPACE_GROUP:
+        conditional = {"_target_": "mattergen.property_embeddings.SpaceGroupEmbeddingVector",
+                       "hidden_dim": hidden_dim}
+        scaler = identity
+    else:
+        raise ValueError(f"unknown property kind {kind!r}")
+    target = ("mattergen.property_embeddings.PropertyEmbedding" if name in builtin_properties()
+              else f"{__name__}.RegisteredPropertyEmbedding")
+    return {"_target_": target, "name": name, "conditional_embedding_module": conditional,
+            "unconditional_embedding_module": unconditional, "scaler": scaler}
+
+
+def adapter_config(base_config: dict[str, Any], definitions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The base model config with MatterGen's adapter denoiser (GemNetTAdapter + GemNetTCtrl)
+    embedding ``definitions``, as MatterGen's finetune script composes it."""
+    config = deepcopy(base_config)
+    model = config["lightning_module"]["diffusion_module"]["model"]
+    if model.get("property_embeddings_adapt") or model.get("property_embeddings"):
+        raise CrygenError(None, "the base model is already property-conditioned; fine-tune an unconditioned one")
+    hidden = int(model["hidden_dim"])
+    model["_target_"] = "mattergen.adapter.GemNetTAdapter"
+    model["property_embeddings_adapt"] = {
+        name: property_embedding_config(name, d, hidden) for name, d in sorted(definitions.items())}
+    model["gemnet"]["_target_"] = "mattergen.common.gemnet.gemnet_ctrl.GemNetTCtrl"
+    model["gemnet"]["condition_on_adapt"] = sorted(definitions)
+    return config
+
+
+def model_properties(config: dict[str, Any]) -> list[str]:
+    model = config["lightning_module"]["diffusion_module"]["model"]
+    return sorted(list(model.get("property_embeddings") or {}) + list(model.get("property_embeddings_adapt") or {}))
+
+
+def init_adapter_module(config: dict[str, Any], base_state: dict[str, Any], train_base: bool):
+    """Instantiate the adapter model with the base weights; ``train_base=False`` freezes
+    them so only the adapter learns (MatterGen's ``full_finetuning=false``)."""
+    from hydra.utils import instantiate
+
+    register_properties(model_properties(config))
+    module = instantiate(config["lightning_module"])
+    state = module.state_dict()
+    state.update((k, base_state[k]) for k in state.keys() & base_state.keys())
+    module.load_state_dict(state, strict=True)
+    if not train_base:
+        for name, param in module.named_parameters():
+            if name in base_state:
+                param.requires_grad_(False)
+    return module
+
+
+def fit_property_scalers(module, train_values: dict[str, Any]) -> None:
+    """Standardise each scalar property with its training mean and std (NaN ignored), as
+    MatterGen's SetPropertyScalers callback does."""
+    import torch
+
+    embeddings = module.diffusion_module.model.property_embeddings_adapt
+    for name, values in train_values.items():
+        embeddings[name].fit_scaler(torch.as_tensor(values, dtype=torch.float32))

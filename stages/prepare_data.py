@@ -5,6 +5,10 @@ files (or holding train.csv + val.csv), or an extxyz file. Each structure must p
 ordered, contain only elements MatterGen can generate, have at most --max-atoms atoms in its
 primitive cell and no two atoms closer than --min-distance. Rejected entries are listed in
 rejected.csv with the reason; an empty or all-rejected input is an error.
+
+--properties keeps the named property columns (CSV columns, extxyz info keys, a folder's
+properties.json or per-split <split>/<name>.json) as MatterGen's <split>/<name>.json, with
+their definitions in properties.json (see crygen/properties.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import click
 
 from crygen.cli import stage
-from crygen.fileio import CrygenError, atomic_path, sha256_tree
+from crygen.fileio import CrygenError, atomic_path, sha256_tree, write_json
 from crygen.structures import (
     MAX_ATOMS_DEFAULT,
     MIN_DISTANCE_DEFAULT,
@@ -35,11 +39,18 @@ from crygen.structures import (
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--max-atoms", default=MAX_ATOMS_DEFAULT, show_default=True, type=click.IntRange(1, 500))
 @click.option("--min-distance", default=MIN_DISTANCE_DEFAULT, show_default=True, type=float, help="Angstrom.")
+@click.option("--properties", "property_names", default="", help="Comma-separated property columns to keep.")
 @stage("prepare_data")
-def main(input_path: Path, out: Path, val_fraction: float, seed: int, max_atoms: int, min_distance: float) -> None:
+def main(input_path: Path, out: Path, val_fraction: float, seed: int, max_atoms: int, min_distance: float,
+         property_names: str) -> None:
+    from crygen import properties as props
+
     entries = read_entries(input_path)
     if not entries:
         raise CrygenError(input_path, "no structures in input")
+    names = props.parse_names(property_names)
+    if names:
+        props.attach_property_files(input_path, entries)
     allowed = generatable_elements()
     seen: set[str] = set()
     for e in entries:
@@ -55,10 +66,12 @@ def main(input_path: Path, out: Path, val_fraction: float, seed: int, max_atoms:
     splits = split_entries(accepted, val_fraction, seed)
     if not splits["train"] or not splits["val"]:
         raise CrygenError(input_path, f"need at least one structure in train and val, got {len(splits['train'])}/{len(splits['val'])}")
+    definitions = props.define_all(names, accepted, input_path)
 
     with atomic_path(out) as tmp:
         for name, split in splits.items():
             write_dataset_cache(split, tmp / name)
+            props.write_split_values(split, definitions, tmp / name)
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["material_id", "reason"])
@@ -76,6 +89,9 @@ def main(input_path: Path, out: Path, val_fraction: float, seed: int, max_atoms:
             "max_atoms": max_atoms,
             "min_distance": min_distance,
         }
+        if names:
+            summary["properties"] = names
+            write_json(tmp / "properties.json", definitions)
         import json
 
         (tmp / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
