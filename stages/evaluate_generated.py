@@ -63,6 +63,7 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
                     fmax: float, max_steps: int, device: str, out: Path | None) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     from crygen.evaluation import STABILITY_THRESHOLD, STRICT_STABILITY_THRESHOLD, evaluate, training_structures
+    from crygen.properties import condition_report
     from crygen.reference import load_reference, reference_file, with_training_set
     from crygen.relaxation import load_potential, potential_identity, relax as relax_structures
     from crygen.structures import read_structures
@@ -72,6 +73,8 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
     if training_data is not None and not (training_data / "train" / "pos.npy").is_file():
         raise CrygenError(training_data, "not a prepared dataset (no train/pos.npy)")
     source = results / "generated_crystals.extxyz" if (results / "generated_crystals.extxyz").is_file() else results
+    generation_info = results / "generation.json"
+    condition = json.loads(generation_info.read_text()).get("condition") if generation_info.is_file() else None
     out = Path(out) if out else (results if results.is_dir() else results.parent)
     settings = {
         "structures_sha256": sha256_tree(source),
@@ -82,6 +85,8 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
         "fmax": fmax if relax else None,
         "max_steps": max_steps if relax else None,
     }
+    if condition:
+        settings["condition"] = condition
     summary_path = out / "metrics_summary.json"
     if summary_path.is_file():
         try:
@@ -141,6 +146,8 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
         "reference": reference_info,
         "potential": settings["potential"],  # name and weights hash, None without relaxation
         "settings": settings,
+        # how well the generated structures met the generation condition, where computable
+        **({"condition": condition_report(structures, condition)} if condition else {}),
     })
     shown = {k: result.metrics[k] for k in ("avg_structure_validity", "frac_novel_unique_structures",
                                             "frac_stable_structures", "frac_novel_unique_stable_structures")

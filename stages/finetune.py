@@ -5,6 +5,10 @@ embedded one, or one downloaded from MatterGen's release. The output folder is i
 MatterGen model dir (the base config, retargeted at the new data, and the fine-tuned
 checkpoint); DONE.json marks it complete. Re-running an interrupted fine-tune with the same
 settings resumes from checkpoints/last.ckpt.
+
+--properties adds MatterGen's adapter (GemNetTAdapter) embedding those properties of the
+prepared dataset; --mode adapter trains only the adapter, full (MatterGen's default) the
+whole model. The property definitions go into crygen_model.json for generation.
 """
 
 from __future__ import annotations
@@ -26,12 +30,17 @@ from crygen.fileio import CrygenError, read_json, sha256_file
 @click.option("--lr", default=None, type=float, help="Learning rate (default: the base model's).")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--properties", "property_names", default="", help="Comma-separated properties to condition on.")
+@click.option("--mode", type=click.Choice(["full", "adapter"]), default="full", show_default=True,
+              help="With --properties: train the whole model or only the adapter.")
+@click.option("--max-steps", default=-1, type=int, help="Stop after this many steps (default: the epochs).")
 @stage("finetune")
-def main(base_model, data, out, epochs, batch_size, lr, seed, device):
+def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_names, mode, max_steps):
     import numpy as np
     from hydra.utils import instantiate
 
     from crygen import mattergen_compat as mc
+    from crygen import properties as props
     from crygen.training import fit, mark_done
 
     mc.check_model_dir(base_model)
@@ -42,13 +51,26 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device):
     seed_everything(seed)
     mc.ensure_mattergen_files()
 
+    names = props.parse_names(property_names)
+    definitions = _dataset_properties(Path(data), names)
+    if mode == "adapter" and not definitions:
+        raise CrygenError(None, "FINETUNE_MODE=adapter needs PROPERTIES (the adapter embeds them)")
     base_config = mc.load_model_config(base_model)
-    config = mc.with_data_module(base_config, mc.data_module_config(data, batch_size=batch_size, max_epochs=epochs))
+    if definitions:
+        base_config = mc.adapter_config(base_config, definitions)
+    config = mc.with_data_module(base_config, mc.data_module_config(
+        data, batch_size=batch_size, max_epochs=epochs, properties=names))
     if lr is not None:
         config["lightning_module"]["optimizer_partial"]["lr"] = lr
-    module = instantiate(config["lightning_module"])
     base_ckpt = Path(base_model) / "checkpoints" / "last.ckpt"
-    module.load_state_dict(mc.read_checkpoint(base_ckpt)["state_dict"], strict=True)
+    base_state = mc.read_checkpoint(base_ckpt)["state_dict"]
+    if definitions:
+        module = mc.init_adapter_module(config, base_state, train_base=mode == "full")
+        mc.fit_property_scalers(module, {n: props.read_split_values(data, "train", n)
+                                         for n, d in definitions.items() if d["kind"] == mc.FLOAT})
+    else:
+        module = instantiate(config["lightning_module"])
+        module.load_state_dict(base_state, strict=True)
 
     settings = {
         "base_checkpoint_sha256": sha256_file(base_ckpt),
@@ -59,8 +81,12 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device):
         "lr": lr,
         "seed": seed,
     }
-    last, steps = fit(module, config, out, settings, max_epochs=epochs,
-               accelerator="gpu" if device.startswith("cuda") else "cpu")
+    if definitions:
+        settings.update(properties=names, mode=mode)
+    if max_steps > 0:
+        settings["max_steps"] = max_steps
+    last, steps = fit(module, config, out, settings, max_epochs=epochs, max_steps=max_steps,
+                      accelerator="gpu" if device.startswith("cuda") else "cpu")
 
     import yaml
 
@@ -71,11 +97,25 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device):
         "settings": settings,
         "num_atoms_distribution": mc.num_atoms_distribution(np.load(Path(data) / "train" / "num_atoms.npy")),
     }
+    if definitions:
+        info["properties"] = definitions
     import json
 
     (Path(out) / mc.CRYGEN_MODEL_INFO).write_text(json.dumps(info, indent=2))
     mark_done(out, {**steps, "device": device})  # the Makefile's target: the model dir is whole
     click.echo(f"finetune: {epochs} epoch(s), {steps['global_step']} steps -> {last}")
+
+
+def _dataset_properties(data: Path, names: list[str]) -> dict:
+    """The definitions of ``names`` as prepare_data recorded them."""
+    if not names:
+        return {}
+    recorded = read_json(data / "properties.json") if (data / "properties.json").is_file() else {}
+    absent = [n for n in names if n not in recorded]
+    if absent:
+        raise CrygenError(data, f"property {absent[0]!r} was not prepared (prepared: "
+                                f"{', '.join(recorded) or 'none'}; run prepare_data with the same PROPERTIES)")
+    return {n: recorded[n] for n in names}
 
 
 if __name__ == "__main__":

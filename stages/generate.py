@@ -5,6 +5,10 @@ MatterGen model dir that MatterGen's own generator loads) and, under --out,
 generated_crystals.extxyz, generated_crystals_cif.zip, generated_trajectories.zip and
 generation.json. The batch size is chosen from NUM_GEN and the memory at hand unless given.
 On failure GENERATION_FAILED.txt holds the reason and the exit status is non-zero.
+
+--condition 'name=value,...' conditions on properties the model was fine-tuned on, with
+classifier-free guidance --guidance (0: the unconditional model, 1: the conditional one,
+above 1: pushed further towards the condition).
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from crygen.fileio import CrygenError, atomic_path, write_json
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--trajectories/--no-trajectories", default=True, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--condition", default="", help="name=value,... of properties the model was fine-tuned on.")
+@click.option("--guidance", default=2.0, show_default=True, type=float, help="Classifier-free guidance factor.")
 @stage("generate")
-def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device):
+def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device, condition, guidance):
     from crygen import mattergen_compat as mc
     from crygen.generation import generate, write_trajectories
+    from crygen.properties import parse_condition
     from crygen.structures import write_structures
 
     if num_gen < 1:
@@ -43,11 +50,18 @@ def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, traje
     failed.unlink(missing_ok=True)
 
     info = mc.read_model_info(finetuned) or mc.read_model_info(base_model)
-    mc.write_model_dir(model_out, mc.load_model_config(base_model),
+    definitions = info.get("properties", {})
+    target = parse_condition(condition, definitions, finetuned) if condition.strip() else {}
+    if target and guidance < 0:
+        raise CrygenError(None, f"GUIDANCE={guidance:g}: must be at least 0")
+    # a property-conditioned model has its own (adapter) architecture, not the base's
+    config_dir = finetuned if definitions else base_model
+    mc.write_model_dir(model_out, mc.load_model_config(config_dir),
                        Path(finetuned) / "checkpoints" / "last.ckpt", info)
     try:
         result = generate(model_out, num_gen, seed, device=device, batch_size=batch_size or None,
-                          record_trajectories=trajectories)
+                          record_trajectories=trajectories, properties=target or None,
+                          guidance=guidance if target else 0.0)
     except Exception as e:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(failed) as tmp:
@@ -70,6 +84,7 @@ def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, traje
         "sampling_seconds": round(result.seconds, 2),
         "structures_per_minute": round(rate, 2),
         "model_dir": str(Path(model_out).resolve()),
+        **({"condition": target, "guidance": guidance} if target else {}),
     })
     click.echo(f"generate: {len(result.structures)} structures in {result.seconds:.0f} s "
                f"(batch {result.batch_size}) -> {out}")

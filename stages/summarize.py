@@ -1,6 +1,8 @@
 """Collect a pipeline run into summary.json, with provenance.
 
-Keys: checkpoint, metrics {baseline, finetuned, delta, delta_ci95}, generation_dir,
+Keys: checkpoint, metrics {baseline, finetuned, delta, delta_ci95}, conditioning (a
+property-conditioned run: properties, condition, guidance, conditional vs unconditional
+validation loss), generation_dir,
 generation_eval {count, metrics, relaxed} or {error}, and provenance (crygen, mattergen and
 torch versions, git commit, settings and seeds, device, wall time of each stage).
 """
@@ -60,7 +62,7 @@ def main(run_dir: Path, settings: str, out: Path | None):
     if eval_summary.is_file() and not eval_error.is_file():
         s = read_json(eval_summary)
         generation_eval = {k: s[k] for k in ("count", "metrics", "relaxed", "additional_metrics",
-                                             "uncovered_chemical_systems") if k in s}
+                                             "uncovered_chemical_systems", "condition") if k in s}
     else:
         reason = eval_error.read_text().strip() if eval_error.is_file() else "no metrics_summary.json"
         generation_eval = {"error": reason}
@@ -85,6 +87,13 @@ def main(run_dir: Path, settings: str, out: Path | None):
             "stages": timings,
         },
     }
+    if metrics.get("properties"):
+        summary["conditioning"] = {
+            "properties": metrics["properties"],
+            "condition": gen_info.get("condition"),
+            "guidance": gen_info.get("guidance"),
+            "validation": {k: metrics[k] for k in ("unconditional", "conditioning")},
+        }
     write_json(out or run_dir / "summary.json", summary)
     click.echo(f"summarize: {out or run_dir / 'summary.json'}")
 

@@ -5,6 +5,10 @@ the same structures, timesteps and noise: before every batch of every draw the r
 generator is reset to the same seed, and both models consume it identically. The deltas
 (fine-tuned minus base) are therefore paired; their 95 % confidence intervals come from the
 spread of the paired differences over all (draw, batch) units.
+
+A property-conditioned fine-tuned model is scored twice, on the same noise: with its
+conditional embeddings fed the validation structures' property values ("finetuned") and
+with its unconditional ones ("unconditional"); "conditioning" compares the two.
 """
 
 from __future__ import annotations
@@ -72,18 +76,40 @@ def compare(base_units: list[dict], ft_units: list[dict]) -> dict:
 def main(base_model, finetuned_model, data, out, draws, batch_size, seed, device):
     from hydra.utils import instantiate
 
+    from mattergen.property_embeddings import SetConditionalEmbeddingType, SetUnconditionalEmbeddingType
+
     from crygen import mattergen_compat as mc
 
     if not (Path(data) / "val" / "pos.npy").is_file():
         raise CrygenError(data, "not a prepared dataset (no val/pos.npy)")
     device = pick_device(device)
-    datamodule = instantiate(mc.data_module_config(data, batch_size=batch_size))
+    properties = sorted(mc.read_model_info(finetuned_model).get("properties", {}))
+    absent = [p for p in properties if not (Path(data) / "val" / f"{p}.json").is_file()]
+    if absent:
+        raise CrygenError(data, f"no values for {absent[0]!r}, which the fine-tuned model was trained on "
+                                "(prepare the data with the same PROPERTIES)")
+    mc.register_properties(properties)
+    datamodule = instantiate(mc.data_module_config(data, batch_size=batch_size, properties=properties))
+    runs = [("baseline", base_model, None), ("finetuned", finetuned_model, None)]
+    if properties:
+        # fixed embedding choices instead of MatterGen's random dropout, which would also
+        # draw from the generator and unpair the noise
+        runs = [("baseline", base_model, SetUnconditionalEmbeddingType()),
+                ("finetuned", finetuned_model, SetConditionalEmbeddingType()),
+                ("unconditional", finetuned_model, SetUnconditionalEmbeddingType())]
     results = {}
-    for name, model_dir in (("baseline", base_model), ("finetuned", finetuned_model)):
+    for name, model_dir, embedding_choice in runs:
         module = mc.load_lightning_module(model_dir, device)
+        if embedding_choice is not None:
+            module.diffusion_module.pre_corruption_fn = embedding_choice
         results[name] = paired_losses(module, datamodule, draws, seed)
         click.echo(f"validate: {name} loss {sum(u['loss'] * u['n'] for u in results[name]) / sum(u['n'] for u in results[name]):.4f}", err=True)
     metrics = compare(results["baseline"], results["finetuned"])
+    if properties:
+        metrics["properties"] = properties
+        metrics["unconditional"] = compare(results["baseline"], results["unconditional"])["finetuned"]
+        # conditional minus unconditional loss of the fine-tuned model, paired
+        metrics["conditioning"] = compare(results["unconditional"], results["finetuned"])
     metrics.update({
         "n_val": len(datamodule.val_dataset),
         "draws": draws,
