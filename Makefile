@@ -33,6 +33,12 @@ POTENTIAL    ?= chgnet
 REFERENCE    ?= default
 DEFAULT_REFERENCE := data/reference/reference_chgnet.gz
 BASE_STEPS   ?= 10000
+# Property-conditioned fine-tuning: PROPERTIES=band_gap,solid_electrolyte (columns of DATA),
+# FINETUNE_MODE=full|adapter, then CONDITION='band_gap=1.5,solid_electrolyte=yes' GUIDANCE=2.0.
+PROPERTIES   ?=
+FINETUNE_MODE ?= full
+CONDITION    ?=
+GUIDANCE     ?= 2.0
 PYTEST_ARGS  ?=
 
 # ENV_READY=1: the compute environment in VENV was built elsewhere (a container image, a
@@ -65,7 +71,7 @@ ifndef DOCKER_DISPATCH
 
 help: ## this list
 	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS"
-	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT RUNNER=local|docker):"
+	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT PROPERTIES FINETUNE_MODE CONDITION GUIDANCE RUNNER=local|docker):"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
 
 # ---------------------------------------------------------------- environment
@@ -90,10 +96,11 @@ $(DEMO_DATA): | $(SETUP)
 # ---------------------------------------------------------------- settings stamps
 # A stamp file changes only when its settings change, so editing a variable redoes exactly
 # the stages that depend on it, and a second identical run does nothing.
-STAMP_prepare  := $(DATA) $(VAL_FRACTION) $(SEED) $(MAX_ATOMS)
-STAMP_finetune := $(BASE_MODEL) $(EPOCHS) $(BATCH_SIZE) $(SEED) $(DEVICE)
+# (The property variables join a stamp only when set, so runs without them keep their stamps.)
+STAMP_prepare  := $(DATA) $(VAL_FRACTION) $(SEED) $(MAX_ATOMS)$(if $(PROPERTIES), $(PROPERTIES))
+STAMP_finetune := $(BASE_MODEL) $(EPOCHS) $(BATCH_SIZE) $(SEED) $(DEVICE)$(if $(PROPERTIES), $(PROPERTIES) $(FINETUNE_MODE))
 STAMP_validate := $(DRAWS) $(SEED) $(DEVICE)
-STAMP_generate := $(NUM_GEN) $(GEN_BATCH) $(SEED) $(DEVICE)
+STAMP_generate := $(NUM_GEN) $(GEN_BATCH) $(SEED) $(DEVICE)$(if $(CONDITION), $(CONDITION) $(GUIDANCE))
 STAMP_evaluate := $(RELAX) $(POTENTIAL) $(REFERENCE)
 
 # They are written when the Makefile is read (not by a rule), so `make -n` plans truly.
@@ -109,13 +116,14 @@ prepare-data: $(OUT)/data/dataset.json ## check and split DATA into MatterGen's 
 
 $(OUT)/data/dataset.json: $(DATA_FILES) $(STAMP)/prepare | $(SETUP)
 	$(PY) stages/prepare_data.py --input $(DATA) --out $(OUT)/data \
-	  --val-fraction $(VAL_FRACTION) --seed $(SEED) --max-atoms $(MAX_ATOMS)
+	  --val-fraction $(VAL_FRACTION) --seed $(SEED) --max-atoms $(MAX_ATOMS) --properties '$(PROPERTIES)'
 
 finetune: $(OUT)/finetune/DONE.json ## fine-tune BASE_MODEL on DATA for EPOCHS
 
 $(OUT)/finetune/DONE.json: $(OUT)/data/dataset.json $(BASE_CKPT) $(STAMP)/finetune | $(SETUP)
 	$(PY) stages/finetune.py --base-model $(BASE_MODEL) --data $(OUT)/data --out $(OUT)/finetune \
-	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --seed $(SEED) --device $(DEVICE)
+	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --seed $(SEED) --device $(DEVICE) \
+	  --properties '$(PROPERTIES)' --mode $(FINETUNE_MODE)
 
 validate: $(OUT)/evaluation/metrics.json ## base vs fine-tuned on the same validation set
 
@@ -128,7 +136,8 @@ generate: $(OUT)/generation/results/generated_crystals.extxyz ## NUM_GEN crystal
 $(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $(STAMP)/generate | $(SETUP)
 	$(PY) stages/generate.py --base-model $(BASE_MODEL) --finetuned $(OUT)/finetune \
 	  --model-out $(OUT)/generation/model_for_generation --out $(OUT)/generation/results \
-	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE)
+	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
+	  --condition '$(CONDITION)' --guidance $(GUIDANCE)
 
 # In the pipeline an evaluation failure is recorded (summary.json says why) and the run
 # goes on; `make eval-gen` on its own fails with the reason.
@@ -153,7 +162,9 @@ summary: $(OUT)/summary.json ## write OUT/summary.json
 SETTINGS_JSON = {"DATA": "$(DATA)", "BASE_MODEL": "$(BASE_MODEL)", "OUT": "$(OUT)", "EPOCHS": $(EPOCHS), \
   "NUM_GEN": $(NUM_GEN), "SEED": $(SEED), "DEVICE": "$(DEVICE)", "VAL_FRACTION": $(VAL_FRACTION), \
   "MAX_ATOMS": $(MAX_ATOMS), "BATCH_SIZE": $(BATCH_SIZE), "GEN_BATCH": $(GEN_BATCH), "DRAWS": $(DRAWS), \
-  "RELAX": "$(RELAX)", "POTENTIAL": "$(POTENTIAL)", "REFERENCE": "$(REFERENCE)"}
+  "RELAX": "$(RELAX)", "POTENTIAL": "$(POTENTIAL)", "REFERENCE": "$(REFERENCE)", \
+  "PROPERTIES": "$(PROPERTIES)", "FINETUNE_MODE": "$(FINETUNE_MODE)", "CONDITION": "$(CONDITION)", \
+  "GUIDANCE": $(GUIDANCE)}
 
 $(OUT)/summary.json: $(OUT)/evaluation/metrics.json $(OUT)/generation/results/metrics_summary.json | $(SETUP)
 	$(PY) stages/summarize.py --run-dir $(OUT) --settings '$(SETTINGS_JSON)'
