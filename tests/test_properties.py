@@ -283,3 +283,38 @@ def test_make_pipeline_with_properties(tmp_path, fast_base_model):
          "CONDITION=band_gap=2.5,solid_electrolyte=no", "GUIDANCE=1.5"],
         capture_output=True, text=True).stdout
     assert "stages/generate.py" in plan and "stages/finetune.py" not in plan
+
+
+def test_full_mode_trains_the_base_weights_too(property_data, fast_base_model, tmp_path):
+    import torch
+
+    out = tmp_path / "full"
+    run_stage("finetune", "--base-model", fast_base_model, "--data", property_data, "--out", out,
+              "--properties", "solid_electrolyte", "--mode", "full", "--batch-size", "8", "--device", "cpu")
+    tuned = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    base = torch.load(fast_base_model / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    changed = [k for k, v in base.items() if v.is_floating_point() and not torch.equal(tuned[k], v)]
+    assert any("gemnet.int_blocks" in k for k in changed)
+
+
+def test_conditions_on_structure_properties_and_how_well_they_were_met(tmp_path):
+    from crygen.fileio import CrygenError
+    from crygen.properties import condition_report, parse_condition
+
+    definitions = {"chemical_system": {"kind": "chemical_system"}, "space_group": {"kind": "space_group"}}
+    assert parse_condition("chemical_system=O-Li-Fe, space_group=Fm-3m", definitions, tmp_path) == {
+        "chemical_system": "Fe-Li-O", "space_group": 225}
+    for bad, why in (("chemical_system=Li-Xx", "not an element symbol"),
+                     ("chemical_system=Li-Ne", "an element MatterGen cannot generate"),
+                     ("space_group=231", "expected a space-group number 1..230 or symbol")):
+        with pytest.raises(CrygenError, match=why):
+            parse_condition(bad, definitions, tmp_path)
+    structures = demo_structures(6)
+    target = structures[0].composition.chemical_system
+    report = condition_report(structures, {"chemical_system": target, "space_group": 225, "band_gap": 1.0})
+    assert report["chemical_system"]["frac_exact_system"] >= 1 / 6
+    assert report["chemical_system"]["frac_within_system"] >= report["chemical_system"]["frac_exact_system"]
+    from crygen.properties import space_group_of
+
+    assert report["space_group"]["frac_matching"] == sum(space_group_of(s) == 225 for s in structures) / 6
+    assert report["band_gap"]["computable"] is False
