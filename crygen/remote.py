@@ -493,11 +493,7 @@ def submit(machine_name: str, target: str, given: dict[str, str], defaults: dict
 
 def _describe_dry_run(record: dict, machine_dict: dict, staging: Path) -> None:
     """What would be submitted, as dpdispatcher itself checks and builds it, offline."""
-    from dpdispatcher import Machine
-
-    machine = Machine.load_from_dict(machine_dict)  # checks the dict and builds the client; no login
-    for key in SECRET_KEYS:
-        machine.context.remote_profile.pop(key, None)
+    machine = build_machine(machine_dict)  # Bohrium's clients log in on first use, not here
     with contextlib.chdir(staging):
         job = build_submission(record, staging, machine).belonging_jobs[0]
         record["dry_run_description"] = {
