@@ -257,12 +257,16 @@ def test_guidance_moves_crystals_into_the_requested_chemical_system(fast_base_mo
 
 @pytest.mark.slow
 def test_make_pipeline_with_properties(tmp_path, fast_base_model):
-    """The whole pipeline through make with a scalar and a binary column; the summary records
-    properties, condition and guidance, and evaluation says neither is computable."""
+    """The whole pipeline through make, in a fresh clone of the committed project (using this
+    environment), with a scalar and a binary column; the summary records properties,
+    condition and guidance, and evaluation says neither is computable."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    venv = ["ENV_READY=1", f"VENV={ROOT / '.venv'}"]
     data = write_property_csv(tmp_path / "props.csv")
     out = tmp_path / "run"
     proc = subprocess.run(
-        ["make", "-C", str(ROOT), "pipeline", f"DATA={data}", f"BASE_MODEL={fast_base_model}", f"OUT={out}",
+        ["make", "-C", str(clone), *venv, "pipeline", f"DATA={data}", f"BASE_MODEL={fast_base_model}", f"OUT={out}",
          "NUM_GEN=2", "BATCH_SIZE=8", "DRAWS=1", "RELAX=0", f"PROPERTIES={PROPS}", "FINETUNE_MODE=adapter",
          "CONDITION=band_gap=2.0,solid_electrolyte=no", "GUIDANCE=1.5"],
         capture_output=True, text=True)
@@ -278,7 +282,7 @@ def test_make_pipeline_with_properties(tmp_path, fast_base_model):
     assert report["band_gap"]["computable"] is False and report["solid_electrolyte"]["computable"] is False
     # a changed condition redoes generation and what follows, nothing before it
     plan = subprocess.run(
-        ["make", "-C", str(ROOT), "-n", "pipeline", f"DATA={data}", f"BASE_MODEL={fast_base_model}", f"OUT={out}",
+        ["make", "-C", str(clone), *venv, "-n", "pipeline", f"DATA={data}", f"BASE_MODEL={fast_base_model}", f"OUT={out}",
          "NUM_GEN=2", "BATCH_SIZE=8", "DRAWS=1", "RELAX=0", f"PROPERTIES={PROPS}", "FINETUNE_MODE=adapter",
          "CONDITION=band_gap=2.5,solid_electrolyte=no", "GUIDANCE=1.5"],
         capture_output=True, text=True).stdout
