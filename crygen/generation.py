@@ -95,6 +95,7 @@ def generate(
     max_failed_batches: int = 8,
     log=lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> GenerationResult:
+    import numpy as np
     import torch
     from mattergen.common.data.condition_factory import get_number_of_atoms_condition_loader
     from mattergen.generator import structure_from_model_output, structures_from_trajectory
@@ -113,6 +114,8 @@ def generate(
     while len(result.structures) < num_gen:
         n = max(1, min(result.batch_size // shrink, num_gen - len(result.structures)))
         torch.manual_seed(seed + attempt)
+        # MatterGen draws each sample's atom count from numpy's global generator
+        np.random.seed(seed + attempt)
         attempt += 1
         loader = get_number_of_atoms_condition_loader(
             num_atoms_distribution=dist_name, num_samples=n, batch_size=n, shuffle=False,
