@@ -3,28 +3,37 @@
 # RUNNER=docker runs any other target in that image, with the run folder and the inputs
 # given on the command line mounted where the container's make expects them.
 RUNNER       ?= local
+# The default base is what a Bohrium user builds on: a CUDA PyTorch image (its torch is not
+# used; the venv brings PyPI's torch==2.13.0). Where no registry answers, the default falls
+# back to LOCAL_BASE, a Debian base made here (docker/resolve-base.sh); a BASE_IMAGE given on
+# the command line or in the environment does not.
+CUDA_BASE    := $(shell sed -n 's/^ARG BASE_IMAGE=//p' docker/Dockerfile)
 LOCAL_BASE   := localhost/crygen-base:bookworm
-BASE_IMAGE   ?= $(LOCAL_BASE)
+BASE_IMAGE   ?= $(CUDA_BASE)
+BASE_FALLBACK = $(if $(filter file,$(origin BASE_IMAGE)),fallback)
 DOCKER       ?= docker
 DOCKER_ARGS  ?=
 WHEELS       := docker/wheels
 CRYGEN_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' crygen/__init__.py)
-# Project version and a hash of the build's inputs; computed once, when a rule first needs it.
-DOCKER_IMAGE ?= $(eval DOCKER_IMAGE := crygen:$(CRYGEN_VERSION)-$(shell \
-  docker/content-hash.sh $(BASE_IMAGE) $(PYTHON) $(REQUIREMENTS)))$(DOCKER_IMAGE)
+# Project version and a hash of the build's inputs (the base among them).
+image_tag = crygen:$(CRYGEN_VERSION)-$$(DOCKER=$(DOCKER) docker/content-hash.sh $(1) $(PYTHON) $(REQUIREMENTS))
+# The image `make image` built last: computed once, when a rule first needs it.
+DOCKER_IMAGE ?= $(eval DOCKER_IMAGE := $(shell echo "$(call image_tag,$$(DOCKER=$(DOCKER) \
+  docker/resolve-base.sh --no-pull $(BASE_IMAGE) $(LOCAL_BASE) $(BASE_FALLBACK)))"))$(DOCKER_IMAGE)
 IMAGE_ROOT   := /opt/crygen
 # Targets that always run here: building and entering the image, set-up, remote submission.
 HOST_GOALS   := image shell help setup clean remote remote-status remote-fetch
 
 .PHONY: image shell
 
+# The base is resolved (pulled, or made here) before the tag is named, since the tag hashes it.
 image: $(WHEELS)/.complete | $(SETUP) $(DEMO_DATA) ## build the container image (BASE_IMAGE; tag crygen:VERSION-HASH)
-	$(if $(filter $(LOCAL_BASE),$(BASE_IMAGE)),$(DOCKER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 \
-	  || docker/base-image.sh $(BASE_IMAGE))
-	$(DOCKER) build --file docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	@base=$$(DOCKER=$(DOCKER) docker/resolve-base.sh $(BASE_IMAGE) $(LOCAL_BASE) $(BASE_FALLBACK)) || exit 1; \
+	tag=$(if $(filter file,$(origin DOCKER_IMAGE)),$(call image_tag,$$base),$(DOCKER_IMAGE)); \
+	echo "image: building $$tag on $$base"; \
+	$(DOCKER) build --file docker/Dockerfile --build-arg BASE_IMAGE=$$base \
 	  --build-arg PYTHON=$(PYTHON) --build-arg REQUIREMENTS='$(REQUIREMENTS)' \
-	  --tag $(DOCKER_IMAGE) --tag crygen:$(CRYGEN_VERSION) .
-	@echo "image: $(DOCKER_IMAGE)"
+	  --tag $$tag --tag crygen:$(CRYGEN_VERSION) . && echo "image: $$tag"
 
 # Wheels for every requirement, built with this machine's pip (its index, its wheel cache).
 $(WHEELS)/.complete: $(REQUIREMENTS) scripts/requirements.sh | $(SETUP)

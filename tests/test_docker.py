@@ -60,11 +60,65 @@ def engine_reachable() -> bool:
         return False
 
 
+def require_engine():
+    if os.environ.get("CRYGEN_DOCKER_TESTS") != "1":
+        pytest.skip("needs a container engine: CRYGEN_DOCKER_TESTS=1 and DOCKER_HOST (.ci/run has both)")
+    assert engine_reachable(), "CRYGEN_DOCKER_TESTS=1 but no container engine is reachable (DOCKER_HOST)"
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True)
+    assert not check or proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_default_base_is_a_cuda_pytorch_image_that_falls_back_offline_and_a_named_one_does_not():
+    require_engine()
+    cuda_base = make("--eval", "pb: ; @echo $(BASE_IMAGE) $(LOCAL_BASE)", "pb").stdout.split()
+    assert cuda_base[0].startswith("pytorch/pytorch:") and "cuda" in cuda_base[0], cuda_base
+    resolve = [str(ROOT / "docker" / "resolve-base.sh")]
+    if docker("image", "inspect", cuda_base[0], check=False).returncode == 0:
+        pytest.skip(f"the engine has {cuda_base[0]}: nothing falls back")
+    # no registry answers here: the default gives way to the local Debian base, saying why
+    proc = subprocess.run(resolve + [*cuda_base, "fallback"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == cuda_base[1], proc.stderr
+    assert f"the default base {cuda_base[0]} cannot be pulled" in proc.stderr
+    # a base the user names must be there: one line, non-zero, nothing built
+    proc = make("image", "BASE_IMAGE=registry.invalid/cuda:1")
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines()[0].startswith(
+        "image: BASE_IMAGE=registry.invalid/cuda:1 is not in the engine and cannot be pulled: "), proc.stderr
+
+
+@pytest.mark.slow
+def test_a_base_without_make_or_venv_gets_them_from_apt(tmp_path):
+    """What a CUDA base (Ubuntu, often without make) goes through, on the local base with the
+    packages removed; apt needs the network, as on a real build host."""
+    require_engine()
+    local_base = make("--eval", "pb: ; @echo $(LOCAL_BASE)", "pb").stdout.strip()
+    subprocess.run([str(ROOT / "docker" / "resolve-base.sh"), local_base, local_base], check=True, capture_output=True)
+    name = f"crygen-test-bare-{os.getpid()}"
+    docker("run", "--name", name, local_base, "dpkg", "--remove", "make", "python3-venv", "python3.11-venv")
+    try:
+        docker("commit", name, f"localhost/{name}:1")
+    finally:
+        docker("rm", name)
+    try:
+        script = ROOT / "docker" / "os-packages.sh"
+        check = "make --version >/dev/null && python3.11 -m venv /tmp/v && /tmp/v/bin/python -c 'print(1)'"
+        before = docker("run", "--rm", f"localhost/{name}:1", "sh", "-c", check, check=False)
+        assert before.returncode != 0  # the packages are really gone
+        proc = docker("run", "--rm", "--network=host", "-e", "PYTHON=python3.11", "-v", f"{script}:/tmp/os.sh:ro",
+                      f"localhost/{name}:1", "sh", "-c", f"/tmp/os.sh > /tmp/apt.log 2>&1 || tail /tmp/apt.log; {check}",
+                      check=False)
+        assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stdout + proc.stderr
+    finally:
+        docker("rmi", f"localhost/{name}:1", check=False)
+
+
 @pytest.mark.slow
 def test_pipeline_in_the_image_writes_a_complete_run_folder(tmp_path):
-    if os.environ.get("CRYGEN_DOCKER_TESTS") != "1":
-        pytest.skip("builds and runs the image: CRYGEN_DOCKER_TESTS=1 and an engine (.ci/run has both)")
-    assert engine_reachable(), "CRYGEN_DOCKER_TESTS=1 but no container engine is reachable (DOCKER_HOST)"
+    require_engine()
     image = make("image")
     assert image.returncode == 0, image.stdout[-2000:] + image.stderr[-4000:]
     out = tmp_path / "run"
