@@ -91,3 +91,30 @@ def test_training_set_joins_the_reference_without_copying_it():
     assert "Xx" not in joined.entries_by_chemsys
     # training entries carry no energy: they never become a hull terminal
     assert terminal_elements_with_energy(joined) == terminal_elements_with_energy(reference)
+
+
+def test_all_ordered_is_mattergens_is_ordered_without_decoding(tmp_path):
+    """crygen reads order from the stored sites; MatterGen decodes every entry to ask it."""
+    from mattergen.evaluation.reference.reference_dataset import ReferenceDataset
+    from mattergen.evaluation.reference.reference_dataset_serializer import LMDBGZSerializer
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    from crygen.reference import all_ordered, load_reference, with_training_set
+    from tests.helpers import demo_structures
+
+    default, _ = load_reference("default")
+    assert all_ordered(default) is True and "is_ordered" not in default.__dict__
+    assert load_reference("default")[0].is_ordered is True  # MatterGen's answer, on a fresh copy
+    structures = demo_structures(4)
+    assert all_ordered(with_training_set(default, structures)) is True
+    for occupancy in (0.5, 1.0):  # partial occupancy; one species at occupancy 1 stored as a mixture
+        mixed = structures[0].copy()
+        other = "Cs" if "Cs" not in structures[0].composition else "Rb"
+        mixed.replace_species({mixed[0].specie.symbol: {mixed[0].specie.symbol: occupancy, other: 1 - occupancy}})
+        entries = [ComputedStructureEntry(s, energy=-1.0, data={"material_id": f"m{i}"})
+                   for i, s in enumerate([*structures[1:], mixed])]
+        path = tmp_path / f"mixed{occupancy}.gz"
+        LMDBGZSerializer().serialize(ReferenceDataset.from_entries("mixed", entries), path)
+        stored = LMDBGZSerializer().deserialize(str(path))
+        assert all_ordered(stored) is LMDBGZSerializer().deserialize(str(path)).is_ordered is mixed.is_ordered
+        assert all_ordered(with_training_set(default, [mixed])) is mixed.is_ordered
