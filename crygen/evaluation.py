@@ -2,12 +2,22 @@
 
 The metric names, definitions and values are MatterGen's (validity, uniqueness, novelty,
 energy above hull after MP2020 correction, stability within 0.1 eV/atom, S.U.N.). crygen gets
-them faster without changing them: SMACT validity answers at the first valid oxidation-state
-combination (``mattergen_compat.smact_validity``); each structure's validity checks run once
-(MatterGen's metrics ask twice); and those checks and the pairwise structure matching behind
-uniqueness and novelty (MatterGen's own ``get_unique``/``get_matches`` on the same groups) run
-in parallel processes. The results are handed to MatterGen's evaluator, which computes every
-metric from them.
+them faster without changing them, in one process:
+
+* SMACT validity answers at the first valid oxidation-state combination
+  (``mattergen_compat.smact_validity``); each structure's validity checks run once (MatterGen's
+  metrics ask twice);
+* uniqueness and novelty run MatterGen's own loops (``get_unique``/``get_matches``) on MatterGen's
+  own groups, but each pair is decided by :class:`PreparedMatcher`, which takes the same steps
+  as MatterGen's ``DefaultDisorderedStructureMatcher.fit`` with the work that depends on one
+  structure only (copy without oxidation states, composition, Niggli and primitive reduction,
+  Hume-Rothery disordering) done once per structure instead of once per pair; the reference's
+  reduced forms are kept between evaluations (:class:`ReducedFormStore`);
+* whether the reference is ordered is read from its stored sites (``reference.all_ordered``)
+  instead of decoding every entry;
+* BLAS runs on one thread: matching inverts tens of thousands of 3x3 matrices.
+
+The results are handed to MatterGen's evaluator, which computes every metric from them.
 
 A generated structure whose elements have no elemental entry with an energy in the reference
 has no convex hull: MatterGen then drops every energy metric. crygen instead reports the energy
@@ -20,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -30,7 +39,6 @@ import numpy as np
 STABILITY_THRESHOLD = 0.1  # eV/atom, MatterGen's DEFAULT_STABILITY_THRESHOLD
 STRICT_STABILITY_THRESHOLD = 0.0  # eV/atom, on the hull (as LeMat-GenBench also reports)
 REFERENCE_METRIC_WORDS = ("novel", "precision", "recall")
-MIN_STRUCTURES_FOR_POOL = 32  # below this a process pool costs more than it saves
 
 
 def structures_from_cache(cache_dir: Path) -> list[Any]:
@@ -78,84 +86,273 @@ def fast_smact_validity() -> Iterator[None]:
         structure.smact_validity = original
 
 
-# What the workers compute, set before they start: forked workers inherit it, so only indices
-# and small answers cross between processes (pickling structures costs more than matching them).
-_WORK: dict[str, list] = {}
+class _Prepared:
+    """One structure as ``DisorderedStructureMatcher.fit`` sees it, worked out once per evaluation
+    instead of once per pair: its copy without oxidation states, composition, order, and, when a
+    pair needs them, its reduced (Niggli + primitive) form and its disordered variant."""
+
+    __slots__ = ("nooxi", "composition", "reduced_formula", "ordered", "disordered", "stored")
+
+    def __init__(self, structure: Any, stored: bool = False):
+        from pymatgen.core import Element
+
+        self.stored = stored  # a reference structure: its reduced form is kept between evaluations
+        if all(isinstance(species, Element) for site in structure for species in site.species):
+            # nothing to remove: MatterGen's copy would hold the same lattice, coordinates,
+            # properties and species (remove_oxidation_states rebuilds each site's {Element: occu}
+            # as {Element: 0.0 + occu}, the same amounts); nothing below modifies it
+            self.nooxi = structure
+        else:
+            self.nooxi = structure.copy().remove_oxidation_states()
+        self.composition = self.nooxi.composition
+        self.reduced_formula = self.composition.reduced_formula
+        self.ordered = self.nooxi.is_ordered
+        self.disordered: tuple[Any, bool] | None = None
 
 
-def _checks_at(i: int) -> tuple[bool, bool]:
-    from mattergen.evaluation.metrics import structure as metrics
+def _reduced_form(structure: Any) -> Any:
+    """What ``StructureMatcher._get_reduced_structure`` computes for ``structure`` inside ``fit``
+    (after ``_process_species`` copied it), without pymatgen's LRU cache: that cache compares
+    each new structure with every cached one of the same composition (a third of the reduction
+    time in MatterGen's evaluator), and it can hand back the reduced form of an earlier structure
+    equal to this one within pymatgen's tolerances (1e-5), so what it gives depends on what was
+    matched before; crygen reduces every structure itself, as a first call would."""
+    from pymatgen.analysis.structure_matcher import SiteOrderedIStructure, StructureMatcher
+    from pymatgen.core import Structure
 
-    structure = _WORK["structures"][i]
-    with fast_smact_validity():
-        return bool(metrics.is_smact_valid(structure)), bool(metrics.structure_validity(structure))
-
-
-def _unique_at(i: int) -> list[int]:
-    from mattergen.evaluation.utils.dataset_matcher import get_unique
-    from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
-
-    return get_unique(DefaultDisorderedStructureMatcher(), _WORK["unique"][i])
-
-
-def _matches_at(i: int) -> dict[int, list[int]]:
-    from mattergen.evaluation.utils.dataset_matcher import get_matches
-    from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
-
-    return dict(get_matches(DefaultDisorderedStructureMatcher(), *_WORK["matches"][i]))
+    processed = Structure.from_sites(structure)
+    return StructureMatcher._get_reduced_istructure.__wrapped__(SiteOrderedIStructure.from_sites(processed), True, True)
 
 
-def _single_threaded() -> None:
-    """A worker's numpy runs on one thread: the workers already fill the cores."""
-    from threadpoolctl import threadpool_limits
+def _reduced_once(matcher_class: type) -> type:
+    """``matcher_class`` whose ``fit`` takes each structure's reduced form from ``self.reduced``
+    (by ``id``) instead of reducing both structures of every pair. Everything else is pymatgen's
+    own ``fit``: the scaling, supercell and lattice search depend on the pair and run as before."""
+    from pymatgen.core import Structure
 
-    threadpool_limits(1)
+    class ReducedOnce(matcher_class):
+        reduced: dict[int, Any]
+
+        def _process_species(self, structures):
+            # pymatgen copies the pair here to remove ignored species (none in MatterGen's
+            # matchers) and so that nothing after it touches the caller's structures; _preprocess
+            # below builds new structures from the cached reduced forms, so the copy changes nothing.
+            return list(structures)
+
+        def _get_reduced_structure(self, struct, primitive_cell=True, niggli=True):
+            assert primitive_cell and niggli, "cached reduced forms are Niggli + primitive"
+            return Structure.from_sites(self.reduced[id(struct)])  # a fresh copy, as pymatgen's
+
+    ReducedOnce.__name__ = f"ReducedOnce{matcher_class.__name__}"
+    return ReducedOnce
 
 
-def precompute(capability: Any, workers: int) -> dict[int, tuple[bool, bool]]:
-    """Per-structure validity checks, and uniqueness and novelty filled into ``capability``, with
-    MatterGen's own functions on MatterGen's own groups, over ``workers`` processes.
+class PreparedMatcher:
+    """MatterGen's ``DefaultDisorderedStructureMatcher.fit``, decision for decision, on
+    :class:`_Prepared` structures: the per-structure work (copies without oxidation states,
+    compositions, Niggli and primitive reduction, disordering by Hume-Rothery substitution) is
+    done once per structure rather than for every pair; the per-pair work is pymatgen's own.
+
+    ``fit(a, b)`` returns what ``DefaultDisorderedStructureMatcher().fit(a.structure,
+    b.structure)`` returns; the argument order matters, as there (only the first is disordered)."""
+
+    def __init__(self, store: "ReducedFormStore | None" = None) -> None:
+        from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
+
+        self.definition = definition = DefaultDisorderedStructureMatcher()
+        self.ordered_matcher = _copy_as(definition.ordered_structurematcher, _reduced_once(type(definition.ordered_structurematcher)))
+        # DisorderedStructureMatcher's super().fit is pymatgen's StructureMatcher.fit on its settings
+        self.disordered_matcher = _copy_as(definition, _reduced_once(_pymatgen_matcher_class()))
+        self.reduced: dict[int, Any] = {}
+        self.ordered_matcher.reduced = self.disordered_matcher.reduced = self.reduced
+        self._keep: list[Any] = []  # the structures whose ids key ``reduced``
+        self.store = store
+
+    def prepare(self, structure: Any, stored: bool = False) -> _Prepared:
+        """``stored``: the reduced form is looked up in (and added to) ``store`` (reference entries)."""
+        return _Prepared(structure, stored=stored)
+
+    def _reduce(self, structure: Any, stored: bool = False) -> None:
+        if id(structure) not in self.reduced:
+            if stored and self.store is not None:
+                self.reduced[id(structure)] = self.store.reduced_form(structure)
+            else:
+                self.reduced[id(structure)] = _reduced_form(structure)
+            self._keep.append(structure)
+
+    def _disordered(self, p: _Prepared) -> tuple[Any, bool]:
+        from mattergen.evaluation.utils.structure_matcher import try_make_structure_disordered
+
+        if p.disordered is None:
+            p.disordered = try_make_structure_disordered(
+                structure=p.nooxi,
+                relative_radius_difference_threshold=self.definition.relative_radius_difference_threshold,
+                electronegativity_difference_threshold=self.definition.electronegativity_difference_threshold)
+        return p.disordered
+
+    def fit(self, p1: _Prepared, p2: _Prepared) -> bool:
+        # the steps of DisorderedStructureMatcher.fit, in its order
+        if p1.nooxi == p2.nooxi:
+            return True
+        if p1.ordered and p2.ordered:
+            if p2.reduced_formula != p1.reduced_formula:
+                return False
+            self._reduce(p1.nooxi, p1.stored)
+            self._reduce(p2.nooxi, p2.stored)
+            if self.ordered_matcher.fit(p1.nooxi, p2.nooxi):
+                return True
+            disordered_1, can_be_disordered_1 = self._disordered(p1)
+            if can_be_disordered_1:
+                self._reduce(disordered_1)
+                return self.disordered_matcher.fit(disordered_1, p2.nooxi)
+            return False
+        if not p1.composition.fractional_composition.almost_equals(
+                p2.composition.fractional_composition,
+                atol=self.definition.reduced_formula_atol, rtol=self.definition.reduced_formula_rtol):
+            return False
+        self._reduce(p1.nooxi, p1.stored)
+        self._reduce(p2.nooxi, p2.stored)
+        return self.disordered_matcher.fit(p1.nooxi, p2.nooxi)
+
+
+class ReducedFormStore:
+    """Reduced forms of reference structures (what :func:`_reduced_form` computes), kept between
+    evaluations: a reference is matched against again and again, and reducing its structures is
+    most of the matching work. An SQLite file, keyed by a hash of everything the reduction reads
+    (pymatgen's version, lattice, and each site's species, occupancies, fractional coordinates
+    and label; a structure with site properties is not stored); the value is the reduced
+    structure pickled (floats bit for bit). Best effort: a store that cannot be opened or written
+    is skipped and the form computed."""
+
+    def __init__(self, path: Path | None):
+        import sqlite3
+
+        self.path = path
+        self.db = None
+        self.pending: list[tuple[str, bytes]] = []
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), timeout=30)
+            self.db.execute("CREATE TABLE IF NOT EXISTS reduced (key TEXT PRIMARY KEY, value BLOB)")
+        except (OSError, sqlite3.Error):
+            self.db = None
+
+    @staticmethod
+    def key(structure: Any) -> str | None:
+        import hashlib
+
+        import pymatgen.core
+
+        if any(site.properties for site in structure):
+            return None
+        h = hashlib.sha256(f"pymatgen {pymatgen.core.__version__}; numpy {np.__version__}; niggli+primitive".encode())
+        h.update(np.ascontiguousarray(structure.lattice.matrix, dtype=float).tobytes())
+        h.update(repr(tuple(structure.lattice.pbc)).encode())
+        for site in structure:
+            h.update(repr((sorted((str(sp), type(sp).__name__, float(occu).hex()) for sp, occu in site.species.items()),
+                           site.label)).encode())
+            h.update(np.ascontiguousarray(site.frac_coords, dtype=float).tobytes())
+        return h.hexdigest()
+
+    def reduced_form(self, structure: Any) -> Any:
+        import pickle
+        import sqlite3
+
+        key = self.key(structure) if self.db is not None else None
+        if key is None:
+            return _reduced_form(structure)
+        try:
+            row = self.db.execute("SELECT value FROM reduced WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            row = None
+        if row is not None:
+            return pickle.loads(row[0])
+        reduced = _reduced_form(structure)
+        self.pending.append((key, pickle.dumps(reduced, protocol=pickle.HIGHEST_PROTOCOL)))
+        return reduced
+
+    def close(self) -> None:
+        import sqlite3
+
+        if self.db is None:
+            return
+        try:
+            if self.pending:
+                with self.db:
+                    self.db.executemany("INSERT OR IGNORE INTO reduced VALUES (?, ?)", self.pending)
+        except sqlite3.Error:
+            pass
+        finally:
+            self.db.close()
+            self.db = None
+
+
+def reduced_form_store_path() -> Path | None:
+    """``CRYGEN_REDUCED_FORMS`` (a file; ``off`` for none), by default ``data/.cache/reduced_forms.sqlite``."""
+    value = os.environ.get("CRYGEN_REDUCED_FORMS", "")
+    if value.lower() == "off":
+        return None
+    return Path(value) if value else Path(__file__).resolve().parents[1] / "data" / ".cache" / "reduced_forms.sqlite"
+
+
+def _pymatgen_matcher_class() -> type:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher
+
+
+def _copy_as(matcher: Any, cls: type) -> Any:
+    """An instance of ``cls`` with ``matcher``'s settings (tolerances, comparator, flags)."""
+    out = cls.__new__(cls)
+    out.__dict__.update(matcher.__dict__)
+    return out
+
+
+def precompute(capability: Any, store: Path | None = None) -> dict[int, tuple[bool, bool]]:
+    """Per-structure validity checks, and uniqueness and novelty filled into ``capability``:
+    MatterGen's own loops (``get_unique``, ``get_matches``) on MatterGen's own groups, with
+    :class:`PreparedMatcher` deciding each pair as MatterGen's matcher does.
 
     Returns the checks by ``id`` of the structure (see :func:`answered_checks`). Uniqueness and
-    novelty are left to MatterGen's sequential path for anything but ordered structures and
-    the default matcher."""
+    novelty are left to MatterGen's own path for anything but ordered structures and the default
+    matcher. ``store``: where the reference's reduced forms are kept (:class:`ReducedFormStore`)."""
+    from mattergen.evaluation.metrics import structure as metrics
     from mattergen.evaluation.utils.dataset_matcher import (
         OrderedDatasetMatcher,
         OrderedDatasetUniquenessComputer,
         get_global_match_dict_from_local_dict,
         get_mask_from_local_index,
+        get_matches,
+        get_unique,
     )
     from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
 
-    structures = capability.structures
+    structures = list(capability.structures)
+    with fast_smact_validity():
+        checks = {id(s): (bool(metrics.is_smact_valid(s)), bool(metrics.structure_validity(s))) for s in structures}
     matching = (isinstance(capability.uniqueness_computer, OrderedDatasetUniquenessComputer)
                 and isinstance(capability.dataset_matcher, OrderedDatasetMatcher)
                 and type(capability.structure_matcher) is DefaultDisorderedStructureMatcher)
-    data = capability.dataset.entries_by_reduced_formula if matching else {}
-    keys = list(data)
-    lookup = capability.reference_dataset.entries_by_reduced_formula if matching else {}
-    reference = {k: list(lookup[k]) for k in keys if k in lookup}  # each group read once
-    _WORK.update(structures=list(structures), unique=[[e.structure for e in data[k]] for k in keys],
-                 matches=[([e.structure for e in data[k]], [e.structure for e in reference[k]]) for k in reference])
+    if not matching:
+        return checks
+    data = capability.dataset.entries_by_reduced_formula
+    lookup = capability.reference_dataset.entries_by_reduced_formula
+    matcher = PreparedMatcher(ReducedFormStore(store))
     try:
-        with contextlib.ExitStack() as stack:
-            if workers > 1 and len(structures) >= MIN_STRUCTURES_FOR_POOL:
-                pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded))
-                run = lambda fn, n: list(pool.map(fn, range(n), chunksize=max(1, n // (4 * workers))))  # noqa: E731
-            else:
-                run = lambda fn, n: [fn(i) for i in range(n)]  # noqa: E731
-            checks = run(_checks_at, len(structures))
-            unique = run(_unique_at, len(keys))
-            matches = run(_matches_at, len(reference))
+        groups = {k: [matcher.prepare(e.structure) for e in entries] for k, entries in data.items()}
+        reference = {k: list(lookup[k]) for k in data if k in lookup}  # each group read once
+        unique = {k: get_unique(matcher, group) for k, group in groups.items()}
+        local_matches: dict[str, dict] = {k: {} for k in data}
+        for k, entries in reference.items():
+            local_matches[k] = dict(get_matches(
+                matcher, groups[k], [matcher.prepare(e.structure, stored=True) for e in entries]))
     finally:
-        _WORK.clear()
-    if matching:
-        local_matches: dict[str, dict] = {k: {} for k in keys}
-        local_matches.update(dict(zip(reference, matches)))
-        capability.__dict__["is_unique"] = get_mask_from_local_index(data, dict(zip(keys, unique)))
-        capability.__dict__["matches_in_reference"] = get_global_match_dict_from_local_dict(
-            data, reference, local_matches)
-    return {id(s): c for s, c in zip(structures, checks)}
+        matcher.store.close()
+    capability.__dict__["is_unique"] = get_mask_from_local_index(data, unique)
+    capability.__dict__["matches_in_reference"] = get_global_match_dict_from_local_dict(data, reference, local_matches)
+    return checks
 
 
 @contextlib.contextmanager
@@ -191,7 +388,6 @@ def evaluate(
     reference: Any,
     energies: Sequence[float] | None = None,
     original_structures: Sequence[Any] | None = None,
-    workers: int | None = None,
 ) -> Evaluation:
     """MatterGen's metrics of ``structures`` (relaxed, with total ``energies`` in eV, or not).
 
@@ -202,10 +398,10 @@ def evaluate(
     from mattergen.evaluation.metrics.structure import StructureMetricsCapability
     from mattergen.evaluation.utils.metrics_structure_summary import MetricsStructureSummary
     from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
+    from threadpoolctl import threadpool_limits
 
-    from crygen.reference import terminal_elements_with_energy
+    from crygen.reference import all_ordered, terminal_elements_with_energy
 
-    workers = workers or min(4, os.cpu_count() or 1)
     n = len(structures)
     has_energy = energies is not None
     ok = [i for i in range(n) if not has_energy or np.isfinite(energies[i])]
@@ -219,7 +415,12 @@ def evaluate(
     covered = [all(el.symbol in terminals for el in s.composition.elements) for s in structures]
 
     logging.getLogger("MatterGen").setLevel(logging.ERROR)  # coverage is reported below, once
+    if hasattr(reference, "__dict__"):  # MatterGen's cached_property, the same value found sooner
+        reference.__dict__["is_ordered"] = all_ordered(reference)
     with contextlib.ExitStack() as stack:
+        # Structure matching inverts tens of thousands of 3x3 matrices: a multi-threaded BLAS
+        # spends more waking its threads than computing (several times more on a busy machine).
+        stack.enter_context(threadpool_limits(limits=1))
         stack.enter_context(fast_smact_validity())
         if has_energy:
             evaluator = MetricsEvaluator.from_structure_summaries(summaries, reference=reference,
@@ -228,7 +429,7 @@ def evaluate(
             evaluator = MetricsEvaluator([StructureMetricsCapability(
                 structure_summaries=summaries, reference_dataset=reference,
                 structure_matcher=DefaultDisorderedStructureMatcher())])
-        stack.enter_context(answered_checks(precompute(evaluator.structure_capability, workers)))
+        stack.enter_context(answered_checks(precompute(evaluator.structure_capability, reduced_form_store_path())))
         chosen = _computable(evaluator.available_metrics, reference)
         metrics = {k: _plain(v) for k, v in evaluator.compute_metrics(metrics=chosen).items()}
         per_metric = _pre_aggregation(evaluator, chosen, len(ok))
