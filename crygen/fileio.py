@@ -90,13 +90,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_tree(path: str | os.PathLike) -> str:
-    """Content hash of a file or of every file below a directory (names included)."""
+def sha256_files(path: str | os.PathLike) -> dict[str, str]:
+    """sha256 of a file (key ``""``) or of each file below a directory, by relative path."""
     path = Path(path)
     if path.is_file():
-        return sha256_file(path)
+        return {"": sha256_file(path)}
+    return {str(f.relative_to(path)): sha256_file(f) for f in sorted(p for p in path.rglob("*") if p.is_file())}
+
+
+def sha256_tree(path: str | os.PathLike, files: dict[str, str] | None = None) -> str:
+    """Content hash of a file or of every file below a directory (names included); ``files``,
+    from :func:`sha256_files`, spares reading them again."""
+    files = sha256_files(path) if files is None else files
+    if list(files) == [""]:
+        return files[""]
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(sha256_file(f).encode())
+    for name, digest in files.items():
+        h.update(name.encode())
+        h.update(digest.encode())
     return h.hexdigest()

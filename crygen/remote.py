@@ -23,11 +23,11 @@ import shlex
 import shutil
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
-from crygen.fileio import CrygenError, atomic_path, one_line, read_json, sha256_file, sha256_tree, write_json
+from crygen.fileio import CrygenError, atomic_path, one_line, read_json, sha256_file, sha256_files, sha256_tree, write_json
 
 PROJECT = Path(__file__).resolve().parent.parent
 PROFILES = PROJECT / "remote" / "profiles"
@@ -253,6 +253,7 @@ class Input:
     remote_value: str  # what the job's make gets
     sha256: str | None = None
     size: int | None = None
+    files: dict[str, str] = field(default_factory=dict)  # sha256 by relative path, for the manifest
 
 
 def job_variables(target: str, given: dict[str, str], defaults: dict[str, str]) -> dict[str, str]:
@@ -290,13 +291,14 @@ def resolve_inputs(variables: dict[str, str], settings: dict, cached: Callable[[
             if not path.exists():
                 raise CrygenError(path, f"{var}: no such file or folder here (write {var}={REMOTE_PREFIX}<path> "
                                   "for one on the remote side)")
-            digest = sha256_tree(path)
+            files = sha256_files(path)
+            digest = sha256_tree(path, files)
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
             name = path.resolve().name
             if settings.get("input_cache") and cached(digest):
                 inputs.append(Input(var, value, "cached", f"{settings['input_cache']}/{digest}/{name}", digest, size))
             else:
-                inputs.append(Input(var, value, "upload", f"inputs/{digest[:16]}/{name}", digest, size))
+                inputs.append(Input(var, value, "upload", f"inputs/{digest[:16]}/{name}", digest, size, files))
     return inputs
 
 
@@ -328,9 +330,16 @@ def stage_task(task: Path, inputs: list[Input]) -> None:
             uploaded.add(item.remote_value)
 
 
-def write_manifest(task: Path) -> dict[str, str]:
-    """sha256 of every file that travels, in sha256sum's format, which the job checks first."""
-    files = {str(p.relative_to(task)): sha256_file(p) for p in sorted(task.rglob("*")) if p.is_file()}
+def write_manifest(task: Path, inputs: list[Input]) -> dict[str, str]:
+    """sha256 of every file that travels, in sha256sum's format, which the job checks first.
+    Uploaded inputs were hashed when resolved (their staged files are hard links to those)."""
+    known = {(f"{i.remote_value}/{name}" if name else i.remote_value): digest
+             for i in inputs if i.how == "upload" for name, digest in i.files.items()}
+    files = {}
+    for p in sorted(task.rglob("*")):
+        if p.is_file():
+            name = str(p.relative_to(task))
+            files[name] = known.get(name) or sha256_file(p)
     (task / "MANIFEST.sha256").write_text("".join(f"{h}  {name}\n" for name, h in files.items()))
     return files
 
@@ -468,7 +477,7 @@ def submit(machine_name: str, target: str, given: dict[str, str], defaults: dict
         task.mkdir(parents=True)
         stage_task(task, inputs)
         (task / SCRIPT).write_text(job_script(job_id, target, make_vars, inputs, cache))
-        record["manifest"] = write_manifest(task)
+        record["manifest"] = write_manifest(task, inputs)
         record["forward_files"] = sorted(p.name for p in task.iterdir())
         if dry_run:
             _describe_dry_run(record, machine_dict, staging)
