@@ -268,7 +268,10 @@ class ReducedFormStore:
         except sqlite3.Error:
             row = None
         if row is not None:
-            return pickle.loads(row[0])
+            try:
+                return pickle.loads(row[0])
+            except Exception:  # an unreadable value (a damaged file): computed again
+                pass
         reduced = _reduced_form(structure)
         self.pending.append((key, pickle.dumps(reduced, protocol=pickle.HIGHEST_PROTOCOL)))
         return reduced
