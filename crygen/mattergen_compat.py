@@ -613,3 +613,150 @@ def fit_property_scalers(module, train_values: dict[str, Any]) -> None:
     embeddings = module.diffusion_module.model.property_embeddings_adapt
     for name, values in train_values.items():
         embeddings[name].fit_scaler(torch.as_tensor(values, dtype=torch.float32))
+
+
+# --------------------------------------------------------------------------- sampling speed
+# Faster, result-identical replacements for MatterGen functions that sampling calls every
+# step. Installed by install_sampling_speedups() (crygen.generation calls it); each is tested
+# against MatterGen's original on real sampler states in tests/test_mattergen_compat.py.
+
+# slack on the periodic images a structure needs, so float rounding can never hide a neighbour
+_IMAGE_SLACK = 1e-3
+
+
+def radius_graph_pbc_ocp_per_structure_images(pos, pbc, natoms, cell, radius, max_num_neighbors_threshold,
+                                              max_cell_images_per_dim=None):
+    """MatterGen's (OCP's) ``radius_graph_pbc`` with the same output, bit for bit, in less time.
+
+    The original measures the distance from every atom pair to every periodic image in a grid
+    of cells sized for the batch's most demanding structure (up to 11^3 = 1331 images), so one
+    small or skewed cell makes every structure in the batch pay for it, and the cost per
+    structure grows with the batch size. A structure whose fractional coordinates span ``s``
+    along lattice direction k cannot reach a neighbour within ``radius`` through an image
+    further than ``radius / d_k + s`` cells away (``d_k``: spacing of the lattice planes), so
+    here each structure gets only the images it can need (never more than the original's
+    grid); the candidate pairs are computed with the original's own arithmetic, put back in
+    the original's order, and finished by the original's own neighbour cap. Cells the
+    original never visits can hold no neighbour, so the edges, their order and their
+    distances are the original's."""
+    import torch
+    from mattergen.common.utils import ocp_graph_utils as ocp
+
+    if max_cell_images_per_dim is None:
+        import sys
+
+        max_cell_images_per_dim = sys.maxsize
+    device = pos.device
+    batch_size = len(natoms)
+    if pbc is None or not bool(torch.all(torch.as_tensor(pbc))) or batch_size < 2:
+        return _ORIGINALS["radius_graph_pbc_ocp"](pos, pbc, natoms, cell, radius, max_num_neighbors_threshold,
+                                                  max_cell_images_per_dim)
+
+    natoms_squared = (natoms**2).long()
+    index_offset = torch.cumsum(natoms, dim=0) - natoms
+    index_squared_offset = torch.cumsum(natoms_squared, dim=0) - natoms_squared
+
+    # required images per direction, as the original computes them
+    cross_a2a3 = torch.cross(cell[:, 1], cell[:, 2], dim=-1)
+    cell_vol = torch.sum(cell[:, 0] * cross_a2a3, dim=-1, keepdim=True)
+    cross_a3a1 = torch.cross(cell[:, 2], cell[:, 0], dim=-1)
+    cross_a1a2 = torch.cross(cell[:, 0], cell[:, 1], dim=-1)
+    inv_min_dist = torch.stack([torch.norm(c / cell_vol, p=2, dim=-1) for c in (cross_a2a3, cross_a3a1, cross_a1a2)],
+                               dim=1)  # (B, 3)
+    rep = torch.ceil(radius * inv_min_dist)
+    max_rep = [min(int(rep[:, k].max()), max_cell_images_per_dim) for k in range(3)]
+
+    # the original's grid of cells and its offsets for every structure (same call, same values)
+    cells_per_dim = [torch.arange(-r, r + 1, device=device, dtype=torch.float) for r in max_rep]
+    grid = torch.cartesian_prod(*cells_per_dim)  # (C, 3), lexicographic
+    num_cells = len(grid)
+    data_cell = torch.transpose(cell, 1, 2)
+    pbc_offsets = torch.bmm(data_cell, grid.t().view(1, 3, num_cells).expand(batch_size, -1, -1))  # (B, 3, C)
+
+    # images each structure can need: radius / d_k + span of its fractional coordinates
+    with torch.no_grad():
+        batch_of_atom = torch.repeat_interleave(torch.arange(batch_size, device=device), natoms)
+        frac = torch.linalg.solve(cell.double().transpose(1, 2)[batch_of_atom], pos.double().unsqueeze(-1))[..., 0]
+        lo = torch.full((batch_size, 3), float("inf"), dtype=torch.double, device=device)
+        hi = torch.full((batch_size, 3), float("-inf"), dtype=torch.double, device=device)
+        lo = lo.scatter_reduce(0, batch_of_atom.view(-1, 1).expand(-1, 3), frac, "amin")
+        hi = hi.scatter_reduce(0, batch_of_atom.view(-1, 1).expand(-1, 3), frac, "amax")
+        span = torch.nan_to_num(hi - lo, nan=float("inf"), posinf=float("inf"), neginf=float("inf"))
+        need = radius * inv_min_dist.double() * (1 + _IMAGE_SLACK) + span + _IMAGE_SLACK
+        need = torch.nan_to_num(need, nan=float("inf"))
+        caps = torch.tensor(max_rep, dtype=torch.double, device=device)
+        own = torch.minimum(torch.ceil(need), caps).long()  # (B, 3), never beyond the original's grid
+
+    parts = []  # per group of structures with the same images: pair rank, cell rank, i1, i2, d2
+    for key in torch.unique(own, dim=0):
+        members = torch.nonzero((own == key).all(dim=1)).view(-1)
+        cell_sel = torch.nonzero((grid.abs() <= key.to(grid.dtype)).all(dim=1)).view(-1)  # keeps the order
+        g_natoms = natoms[members]
+        g_sq = natoms_squared[members]
+        n_pairs = int(g_sq.sum())
+        if n_pairs == 0:
+            continue
+        pair_struct = torch.repeat_interleave(members, g_sq)
+        local = torch.arange(n_pairs, device=device) - torch.repeat_interleave(torch.cumsum(g_sq, 0) - g_sq, g_sq)
+        n_expand = torch.repeat_interleave(g_natoms, g_sq)
+        off_expand = index_offset[pair_struct]
+        index1 = torch.div(local, n_expand, rounding_mode="floor") + off_expand
+        index2 = (local % n_expand) + off_expand
+        pair_rank = index_squared_offset[pair_struct] + local
+        pos1 = torch.index_select(pos, 0, index1)
+        pos2 = torch.index_select(pos, 0, index2)
+        n_cells = len(cell_sel)
+        g_offsets = pbc_offsets[members][:, :, cell_sel]
+        per_atom = torch.repeat_interleave(g_offsets, g_sq, dim=0)
+        pos1 = pos1.view(-1, 3, 1).expand(-1, -1, n_cells)
+        pos2 = pos2.view(-1, 3, 1).expand(-1, -1, n_cells)
+        pos2 = pos2 + per_atom
+        d2 = torch.sum((pos1 - pos2) ** 2, dim=1)  # (P, n_cells), as the original
+        mask = torch.logical_and(torch.le(d2, radius * radius), torch.gt(d2, 0.0001))
+        p_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+        parts.append((pair_rank[p_idx], cell_sel[c_idx], index1[p_idx], index2[p_idx], d2[p_idx, c_idx]))
+
+    if parts:
+        pair_rank, cell_rank, index1, index2, atom_distance_squared = (torch.cat(x) for x in zip(*parts))
+        order = torch.argsort(pair_rank * num_cells + cell_rank)  # keys are unique: the original order
+        index1, index2, atom_distance_squared = index1[order], index2[order], atom_distance_squared[order]
+        cell_offsets = grid[cell_rank[order]]
+    else:
+        index1 = index2 = torch.zeros(0, dtype=torch.long, device=device)
+        atom_distance_squared = pos.new_zeros(0)
+        cell_offsets = grid.new_zeros(0, 3)
+
+    # from here on, the original's own code
+    mask_num_neighbors, num_neighbors_image = ocp.get_max_neighbors_mask(
+        natoms=natoms, index=index1, atom_distance_squared=atom_distance_squared,
+        max_num_neighbors_threshold=max_num_neighbors_threshold,
+    )
+    if not torch.all(mask_num_neighbors):
+        index1 = torch.masked_select(index1, mask_num_neighbors)
+        index2 = torch.masked_select(index2, mask_num_neighbors)
+        atom_distance_squared = torch.masked_select(atom_distance_squared, mask_num_neighbors)
+        cell_offsets = torch.masked_select(cell_offsets.view(-1, 3), mask_num_neighbors.view(-1, 1).expand(-1, 3))
+        cell_offsets = cell_offsets.view(-1, 3)
+    edge_index = torch.stack((index2, index1))
+    cell_repeated = torch.repeat_interleave(cell, num_neighbors_image, dim=0)
+    offsets = -cell_offsets.float().view(-1, 1, 3).bmm(cell_repeated.float()).view(-1, 3)
+    return edge_index, cell_offsets, num_neighbors_image, offsets, torch.sqrt(atom_distance_squared)
+
+
+_ORIGINALS: dict[str, Any] = {}
+
+
+def install_sampling_speedups() -> None:
+    """Swap in the replacements above (idempotent; undone by uninstall_sampling_speedups)."""
+    from mattergen.common.utils import data_utils
+
+    if "radius_graph_pbc_ocp" not in _ORIGINALS:
+        _ORIGINALS["radius_graph_pbc_ocp"] = data_utils.radius_graph_pbc_ocp
+    data_utils.radius_graph_pbc_ocp = radius_graph_pbc_ocp_per_structure_images
+
+
+def uninstall_sampling_speedups() -> None:
+    from mattergen.common.utils import data_utils
+
+    if "radius_graph_pbc_ocp" in _ORIGINALS:
+        data_utils.radius_graph_pbc_ocp = _ORIGINALS["radius_graph_pbc_ocp"]

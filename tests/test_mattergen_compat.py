@@ -119,3 +119,70 @@ def test_fast_smact_validity_finishes_on_many_elements():
     start = time.time()
     mc.smact_validity(elements, (1,) * len(elements))
     assert time.time() - start < 30
+
+
+# --------------------------------------------------------------------------- sampling speed-ups
+
+
+def _radius_graph_inputs(model_dir, n, seed):
+    """The arguments GemNet passes to MatterGen's radius graph while sampling ``n`` crystals."""
+    from mattergen.common.utils import data_utils
+
+    from crygen import generation
+
+    mc.uninstall_sampling_speedups()
+    calls = []
+    original = data_utils.radius_graph_pbc_ocp
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    install = mc.install_sampling_speedups
+    mc.install_sampling_speedups = lambda: None
+    data_utils.radius_graph_pbc_ocp = spy
+    try:
+        generation.generate(model_dir, n, seed=seed, batch_size=n, record_trajectories=False, log=lambda m: None)
+    finally:
+        data_utils.radius_graph_pbc_ocp = original
+        mc.install_sampling_speedups = install
+    return original, calls
+
+
+def test_per_structure_radius_graph_equals_mattergens_on_sampler_states(fast_base_model):
+    """Every radius graph of a real sampling run, from noise to crystal: same edges, same
+    order, same offsets and distances, bit for bit."""
+    original, calls = _radius_graph_inputs(fast_base_model, 12, seed=3)
+    assert len(calls) == 50
+    mc.install_sampling_speedups()
+    for args, kwargs in calls:
+        expected = original(*args, **kwargs)
+        got = mc.radius_graph_pbc_ocp_per_structure_images(*args, **kwargs)
+        for e, g in zip(expected, got):
+            assert e.dtype == g.dtype and e.shape == g.shape and torch.equal(e, g)
+    # sub-batches too (the structures then need fewer images than the whole batch's grid)
+    for args, kwargs in calls[::10]:
+        assert not args  # MatterGen passes them by name
+        first = int(kwargs["natoms"][:3].sum())
+        sub = dict(kwargs, pos=kwargs["pos"][:first], natoms=kwargs["natoms"][:3], cell=kwargs["cell"][:3])
+        for e, g in zip(original(**sub), mc.radius_graph_pbc_ocp_per_structure_images(**sub)):
+            assert torch.equal(e, g)
+
+
+def test_sampling_with_speedups_gives_the_same_crystals(fast_base_model):
+    from crygen import generation
+
+    install = mc.install_sampling_speedups
+    mc.uninstall_sampling_speedups()
+    mc.install_sampling_speedups = lambda: None
+    try:
+        before = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
+                                     log=lambda m: None)
+    finally:
+        mc.install_sampling_speedups = install
+    after = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
+                                log=lambda m: None)
+    for a, b in zip(before.structures, after.structures):
+        assert a.composition == b.composition
+        assert a.lattice.matrix == pytest.approx(b.lattice.matrix, abs=1e-6)
+        assert a.frac_coords == pytest.approx(b.frac_coords, abs=1e-6)
