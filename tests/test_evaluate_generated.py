@@ -260,3 +260,62 @@ def test_reduced_form_store_gives_back_what_pymatgen_computes(tmp_path):
         store.close()
     assert ReducedFormStore.key(moved) != ReducedFormStore.key(structures[0])
     assert ReducedFormStore(None).reduced_form(moved).frac_coords.tobytes() == _reduced_form(moved).frac_coords.tobytes()
+
+
+def _same(a, b, shared, path="entry"):
+    """``a`` and ``b`` hold the same values, types and all, bit for bit; ``shared`` collects the
+    objects ``b`` shares with the original (mutable ones must not be)."""
+    import types
+
+    assert type(a) is type(b), path
+    if isinstance(a, (types.MethodType, types.FunctionType)):  # e.g. of an ASE calculator kept on the structure
+        assert getattr(a, "__func__", a) is getattr(b, "__func__", b), path
+        return
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), path
+    elif isinstance(a, float):
+        assert repr(a) == repr(b), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            _same(a[k], b[k], shared, f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, shared, f"{path}[{i}]")
+    elif hasattr(a, "__dict__") and not isinstance(a, type):
+        _same(vars(a), vars(b), shared, f"{path}.__dict__")
+    else:
+        assert a == b, path
+    shared.append(b)
+
+
+def test_dataset_copies_are_mattergens_deep_copies():
+    """crygen's copy of the capability's dataset (pickled) against MatterGen's (deepcopy): the
+    same entries, attribute by attribute, and no mutable object shared with the caller's."""
+    import enum
+    from types import SimpleNamespace
+
+    from mattergen.evaluation.metrics.core import BaseMetricsCapability
+    from mattergen.evaluation.utils.metrics_structure_summary import MetricsStructureSummary
+
+    from crygen.evaluation import _dataset
+
+    structures = demo_structures(6)
+    structures[1].add_oxidation_state_by_guess()
+    structures[2].add_site_property("magmom", [0.5] * len(structures[2]))
+    structures[3].properties["material_id"] = "x"
+    summaries = [MetricsStructureSummary.from_structure(s) for s in structures]
+    summaries.append(MetricsStructureSummary.from_structure_and_energy(structures[0], -3.25))
+    capability = SimpleNamespace(_structure_summaries=summaries)  # all that the dataset reads
+    theirs = list(BaseMetricsCapability.dataset.func(capability))
+    ours = list(_dataset(capability))
+    assert [e.entry_id for e in ours] == list(range(len(summaries)))
+    for s, a, b in zip(summaries, theirs, ours):
+        shared: list = []
+        _same(a, b, shared)
+        originals = []
+        _same(s.entry, s.entry, originals)
+        immutable = (str, int, float, type(None), tuple, np.generic, enum.Enum)  # Element is an Enum
+        mutable = {id(x) for x in originals if not isinstance(x, immutable)}
+        assert not [x for x in shared if id(x) in mutable]
