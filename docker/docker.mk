@@ -24,16 +24,20 @@ IMAGE_ROOT   := /opt/crygen
 # Targets that always run here: building and entering the image, set-up, remote submission.
 HOST_GOALS   := image shell help setup clean remote remote-status remote-fetch
 
-.PHONY: image shell
+.PHONY: image image-base shell
 
-# The base is resolved (pulled, or made here) before the tag is named, since the tag hashes it.
-image: $(WHEELS)/.complete | $(SETUP) $(DEMO_DATA) ## build the container image (BASE_IMAGE; tag crygen:VERSION-HASH)
-	@base=$$(DOCKER=$(DOCKER) docker/resolve-base.sh $(BASE_IMAGE) $(LOCAL_BASE) $(BASE_FALLBACK)) || exit 1; \
+# The base is resolved (pulled, or made here) first: a base that cannot be had stops the build
+# before minutes of wheels, and the tag, which hashes the base, is named after it.
+image: image-base $(WHEELS)/.complete | $(SETUP) $(DEMO_DATA) ## build the container image (BASE_IMAGE; tag crygen:VERSION-HASH)
+	@base=$$(DOCKER=$(DOCKER) docker/resolve-base.sh --no-pull $(BASE_IMAGE) $(LOCAL_BASE) $(BASE_FALLBACK)); \
 	tag=$(if $(filter file,$(origin DOCKER_IMAGE)),$(call image_tag,$$base),$(DOCKER_IMAGE)); \
 	echo "image: building $$tag on $$base"; \
 	$(DOCKER) build --file docker/Dockerfile --build-arg BASE_IMAGE=$$base \
 	  --build-arg PYTHON=$(PYTHON) --build-arg REQUIREMENTS='$(REQUIREMENTS)' \
 	  --tag $$tag --tag crygen:$(CRYGEN_VERSION) . && echo "image: $$tag"
+
+image-base:
+	@DOCKER=$(DOCKER) docker/resolve-base.sh $(BASE_IMAGE) $(LOCAL_BASE) $(BASE_FALLBACK) >/dev/null
 
 # Wheels for every requirement, built with this machine's pip (its index, its wheel cache).
 $(WHEELS)/.complete: $(REQUIREMENTS) scripts/requirements.sh | $(SETUP)
