@@ -30,6 +30,12 @@ case ${1:-} in
     pid=${CRYGEN_DOCKERD_PID:?engine.sh stop: CRYGEN_DOCKERD_PID not set}
     kill "$pid" 2>/dev/null || exit 0
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if [ -n "${CRYGEN_DOCKERD_RUN:-}" ]; then rm -rf "$CRYGEN_DOCKERD_RUN"; fi ;;
+    if [ -n "${CRYGEN_DOCKERD_RUN:-}" ]; then
+      # dockerd leaves namespaces mounted under its exec root (netns/default, after a
+      # --network=host container): unmount them, deepest first, or the folder cannot go
+      awk -v run="$CRYGEN_DOCKERD_RUN/" 'index($2, run) == 1 {print $2}' /proc/mounts | sort -r |
+        while IFS= read -r m; do umount "$m"; done
+      rm -rf "$CRYGEN_DOCKERD_RUN"
+    fi ;;
   *) echo "usage: $0 start [DATA] | stop" >&2; exit 2 ;;
 esac
