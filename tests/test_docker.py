@@ -15,8 +15,11 @@ from tests.helpers import ROOT
 
 
 def make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # without the outer make's MAKEFLAGS, whose command-line variables (PYTEST_ARGS=...) would
+    # otherwise reach this make as the caller's own
+    outer = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})})
+                          text=True, env={**outer, **(env or {})})
 
 
 def test_dockerfile_passes_hadolint_at_error_level():
