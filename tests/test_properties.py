@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, demo_structures, demo_subset, error_line, run_stage
+from tests.helpers import BASE_MODEL, ROOT, demo_structures, demo_subset, error_line, run_stage
 
 PROPS = "band_gap,solid_electrolyte"
 SOLID_ELECTROLYTE = ["yes", "no", "", "true", "0"]  # binary in every spelling, one missing
@@ -213,17 +213,22 @@ def test_validate_reports_conditional_and_unconditional_loss(conditioned_model, 
     assert m["unconditional"]["loss"] == pytest.approx(m["baseline"]["loss"], rel=1e-4)
 
 
-GUIDANCE_STEPS = 80  # adapter steps; the effect at 200 steps is the same, see the test's note
-GUIDANCE_SAMPLES = 16
+GUIDANCE_STEPS = 160  # adapter steps, batch 32; after 80 (25 sampling steps) exact was 0.16-0.31
+GUIDANCE_LR = 3e-3  # at 1e-3 crystals in the system are mostly one element of it
+GUIDANCE_SAMPLES = 64
+GUIDANCE = 1.0  # the conditional model; higher factors collapse crystals onto one element
 
 
 @pytest.mark.slow
-def test_guidance_moves_crystals_into_the_requested_chemical_system(fast_base_model, tmp_path, capsys):
-    """An adapter for chemical_system on 400 demo crystals, then the same seed and sample count
-    unguided (GUIDANCE=0, the unconditional model) and guided (3) towards a system of the three
-    elements most frequent in the training crystals. Unguided, almost nothing falls inside it;
-    guided, most does. (Exact matches stay rare: this small model, briefly tuned, puts the
-    condition's most common element first.)"""
+def test_guidance_moves_crystals_into_the_requested_chemical_system(tmp_path, capsys):
+    """The embedded base model, with its full sampling schedule, and an adapter for
+    chemical_system on 400 demo crystals; then the same seed and sample count unguided
+    (GUIDANCE=0, the unconditional model) and guided (GUIDANCE=1, the conditional one) towards
+    the binary system of the two elements most frequent in the training crystals (As-Ni).
+    Unguided, no crystal lies within it; guided, every one does and about a third have exactly
+    that system (while developing, 64 crystals: 0.31 and 0.45 exact at seeds 7 and 8, 0
+    unguided; with 25 sampling steps 0.48 and 0.53 over two fine-tunes). A binary, because atom counts are mostly 4-5 and this briefly tuned model makes many
+    one-element crystals of the system; at GUIDANCE 1.5-3, or at lr 1e-3, nearly all are."""
     from collections import Counter
 
     from crygen.properties import condition_report
@@ -232,27 +237,31 @@ def test_guidance_moves_crystals_into_the_requested_chemical_system(fast_base_mo
     xyz = demo_subset(tmp_path / "demo.extxyz", 400)
     data, model = tmp_path / "data", tmp_path / "finetune"
     run_stage("prepare_data", "--input", xyz, "--out", data, "--properties", "chemical_system")
-    run_stage("finetune", "--base-model", fast_base_model, "--data", data, "--out", model,
+    run_stage("finetune", "--base-model", BASE_MODEL, "--data", data, "--out", model,
               "--properties", "chemical_system", "--mode", "adapter", "--max-steps", str(GUIDANCE_STEPS),
-              "--epochs", "1000", "--lr", "1e-3", "--batch-size", "32", "--device", "cpu")
+              "--epochs", "1000", "--lr", str(GUIDANCE_LR), "--batch-size", "32", "--device", "cpu")
     systems = json.loads((data / "train" / "chemical_system.json").read_text())["values"]
     counts = Counter(e for s in systems for e in s.split("-"))
-    target = "-".join(sorted(e for e, _ in counts.most_common(3)))
+    target = "-".join(sorted(e for e, _ in counts.most_common(2)))
     fractions = {}
-    for guidance in ("0", "3"):
-        out = tmp_path / f"guidance{guidance}"
-        proc = _generate(model, fast_base_model, out, "--num-gen", str(GUIDANCE_SAMPLES), "--seed", "7",
-                         "--condition", f"chemical_system={target}", "--guidance", guidance)
+    for guidance in (0.0, GUIDANCE):
+        out = tmp_path / f"guidance{guidance:g}"
+        proc = _generate(model, BASE_MODEL, out, "--num-gen", str(GUIDANCE_SAMPLES), "--seed", "7",
+                         "--condition", f"chemical_system={target}", "--guidance", f"{guidance:g}")
         assert proc.returncode == 0, proc.stderr[-2000:]
-        report = condition_report(read_structures(out / "results"), {"chemical_system": target})
-        fractions[guidance] = report["chemical_system"]
+        structures = read_structures(out / "results")
+        assert len(structures) == GUIDANCE_SAMPLES
+        fractions[guidance] = condition_report(structures, {"chemical_system": target})["chemical_system"]
+    unguided, guided = fractions[0.0], fractions[GUIDANCE]
     with capsys.disabled():
-        print(f"\nchemical_system={target}: within the system {fractions['0']['frac_within_system']:.3f} "
-              f"unguided vs {fractions['3']['frac_within_system']:.3f} with GUIDANCE=3 "
-              f"(exact {fractions['0']['frac_exact_system']:.3f} vs {fractions['3']['frac_exact_system']:.3f})")
-    assert fractions["0"]["frac_within_system"] <= 0.25
-    assert fractions["3"]["frac_within_system"] >= 0.5
-    assert fractions["3"]["frac_within_system"] > fractions["0"]["frac_within_system"]
+        print(f"\nchemical_system={target}, {GUIDANCE_SAMPLES} crystals, seed 7: exactly the system "
+              f"{unguided['frac_exact_system']:.3f} unguided vs {guided['frac_exact_system']:.3f} with "
+              f"GUIDANCE={GUIDANCE:g}; within it {unguided['frac_within_system']:.3f} vs "
+              f"{guided['frac_within_system']:.3f}")
+    # At the developing fraction (~0.3), 64 crystals give fewer than 8 exact with probability ~1e-3.
+    assert guided["frac_exact_system"] >= unguided["frac_exact_system"] + 8 / GUIDANCE_SAMPLES
+    assert unguided["frac_within_system"] <= 0.25
+    assert guided["frac_within_system"] >= 0.75
 
 
 @pytest.mark.slow
