@@ -161,11 +161,12 @@ class PreparedMatcher:
 
     def __init__(self, store: "ReducedFormStore | None" = None) -> None:
         from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
+        from pymatgen.analysis.structure_matcher import StructureMatcher
 
         self.definition = definition = DefaultDisorderedStructureMatcher()
         self.ordered_matcher = _copy_as(definition.ordered_structurematcher, _reduced_once(type(definition.ordered_structurematcher)))
         # DisorderedStructureMatcher's super().fit is pymatgen's StructureMatcher.fit on its settings
-        self.disordered_matcher = _copy_as(definition, _reduced_once(_pymatgen_matcher_class()))
+        self.disordered_matcher = _copy_as(definition, _reduced_once(StructureMatcher))
         self.reduced: dict[int, Any] = {}
         self.ordered_matcher.reduced = self.disordered_matcher.reduced = self.reduced
         self._keep: list[Any] = []  # the structures whose ids key ``reduced``
@@ -230,7 +231,6 @@ class ReducedFormStore:
     def __init__(self, path: Path | None):
         import sqlite3
 
-        self.path = path
         self.db = None
         self.pending: list[tuple[str, bytes]] = []
         self.keys: dict[int, str | None] = {}  # by id of the structure, for those prefetched
@@ -328,12 +328,6 @@ def reduced_form_store_path() -> Path | None:
     if value.lower() == "off":
         return None
     return Path(value) if value else Path(__file__).resolve().parents[1] / "data" / ".cache" / "reduced_forms.sqlite"
-
-
-def _pymatgen_matcher_class() -> type:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return StructureMatcher
 
 
 def _copy_as(matcher: Any, cls: type) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -124,28 +125,38 @@ def test_fast_smact_validity_finishes_on_many_elements():
 # --------------------------------------------------------------------------- sampling speed-ups
 
 
+@contextlib.contextmanager
+def _mattergens_sampling():
+    """Inside, ``generation.generate`` samples with MatterGen's own functions: crygen's speed-ups
+    are taken out and not installed again."""
+    mc.uninstall_sampling_speedups()
+    install = mc.install_sampling_speedups
+    mc.install_sampling_speedups = lambda: None
+    try:
+        yield
+    finally:
+        mc.install_sampling_speedups = install
+
+
 def _radius_graph_inputs(model_dir, n, seed):
     """The arguments GemNet passes to MatterGen's radius graph while sampling ``n`` crystals."""
     from mattergen.common.utils import data_utils
 
     from crygen import generation
 
-    mc.uninstall_sampling_speedups()
     calls = []
-    original = data_utils.radius_graph_pbc_ocp
+    with _mattergens_sampling():
+        original = data_utils.radius_graph_pbc_ocp
 
-    def spy(*args, **kwargs):
-        calls.append((args, kwargs))
-        return original(*args, **kwargs)
+        def spy(*args, **kwargs):
+            calls.append((args, kwargs))
+            return original(*args, **kwargs)
 
-    install = mc.install_sampling_speedups
-    mc.install_sampling_speedups = lambda: None
-    data_utils.radius_graph_pbc_ocp = spy
-    try:
-        generation.generate(model_dir, n, seed=seed, batch_size=n, record_trajectories=False, log=lambda m: None)
-    finally:
-        data_utils.radius_graph_pbc_ocp = original
-        mc.install_sampling_speedups = install
+        data_utils.radius_graph_pbc_ocp = spy
+        try:
+            generation.generate(model_dir, n, seed=seed, batch_size=n, record_trajectories=False, log=lambda m: None)
+        finally:
+            data_utils.radius_graph_pbc_ocp = original
     return original, calls
 
 
@@ -172,14 +183,9 @@ def test_per_structure_radius_graph_equals_mattergens_on_sampler_states(fast_bas
 def test_sampling_with_speedups_gives_the_same_crystals(fast_base_model):
     from crygen import generation
 
-    install = mc.install_sampling_speedups
-    mc.uninstall_sampling_speedups()
-    mc.install_sampling_speedups = lambda: None
-    try:
+    with _mattergens_sampling():
         before = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
                                      log=lambda m: None)
-    finally:
-        mc.install_sampling_speedups = install
     after = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
                                 log=lambda m: None)
     for a, b in zip(before.structures, after.structures):
