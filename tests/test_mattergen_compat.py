@@ -138,54 +138,122 @@ def _mattergens_sampling():
         mc.install_sampling_speedups = install
 
 
-def _radius_graph_inputs(model_dir, n, seed):
-    """The arguments GemNet passes to MatterGen's radius graph while sampling ``n`` crystals."""
-    from mattergen.common.utils import data_utils
-
+def _sampler_calls(model_dir, n, seed, owner, name):
+    """The arguments of every call to ``owner.name`` while MatterGen's own functions sample
+    ``n`` crystals, and the original function."""
     from crygen import generation
 
     calls = []
     with _mattergens_sampling():
-        original = data_utils.radius_graph_pbc_ocp
+        original = getattr(owner, name)
 
         def spy(*args, **kwargs):
             calls.append((args, kwargs))
             return original(*args, **kwargs)
 
-        data_utils.radius_graph_pbc_ocp = spy
+        setattr(owner, name, spy)
         try:
             generation.generate(model_dir, n, seed=seed, batch_size=n, record_trajectories=False, log=lambda m: None)
         finally:
-            data_utils.radius_graph_pbc_ocp = original
+            setattr(owner, name, original)
     return original, calls
 
 
-def test_per_structure_radius_graph_equals_mattergens_on_sampler_states(fast_base_model):
+def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(fast_base_model):
     """Every radius graph of a real sampling run, from noise to crystal: same edges, same
     order, same offsets and distances, bit for bit."""
-    original, calls = _radius_graph_inputs(fast_base_model, 12, seed=3)
+    from mattergen.common.utils import data_utils
+
+    original, calls = _sampler_calls(fast_base_model, 12, 3, data_utils, "radius_graph_pbc_ocp")
     assert len(calls) == 50
-    mc.install_sampling_speedups()
     for args, kwargs in calls:
         expected = original(*args, **kwargs)
-        got = mc.radius_graph_pbc_ocp_per_structure_images(*args, **kwargs)
+        got = mc.radius_graph_pbc_ocp_per_pair_images(*args, **kwargs)
         for e, g in zip(expected, got):
             assert e.dtype == g.dtype and e.shape == g.shape and torch.equal(e, g)
-    # sub-batches too (the structures then need fewer images than the whole batch's grid)
+    # sub-batches too, down to one structure (each needs fewer images than the batch's grid)
     for args, kwargs in calls[::10]:
         assert not args  # MatterGen passes them by name
-        first = int(kwargs["natoms"][:3].sum())
-        sub = dict(kwargs, pos=kwargs["pos"][:first], natoms=kwargs["natoms"][:3], cell=kwargs["cell"][:3])
-        for e, g in zip(original(**sub), mc.radius_graph_pbc_ocp_per_structure_images(**sub)):
-            assert torch.equal(e, g)
+        for n in (1, 3):
+            first = int(kwargs["natoms"][:n].sum())
+            sub = dict(kwargs, pos=kwargs["pos"][:first], natoms=kwargs["natoms"][:n], cell=kwargs["cell"][:n])
+            for e, g in zip(original(**sub), mc.radius_graph_pbc_ocp_per_pair_images(**sub)):
+                assert torch.equal(e, g)
 
 
-def test_sampling_with_speedups_gives_the_same_crystals(fast_base_model):
+def test_bilinear_in_one_product_is_as_exact_as_mattergens(fast_base_model):
+    """Every call of GemNet's bilinear layer in a real sampling run, against the same layer in
+    float64: crygen's one product, summed in another order, is within float32 rounding of the
+    exact result, as MatterGen's own is (not bit-identical to MatterGen's, which is not on offer
+    here: MatterGen's scores already change between one and two threads, and its sampled
+    crystals with them)."""
+    from mattergen.common.gemnet.layers.efficient import EfficientInteractionBilinear
+
+    original, calls = _sampler_calls(fast_base_model, 12, 3, EfficientInteractionBilinear, "forward")
+    assert len(calls) == 100  # 2 blocks x 50 denoiser calls
+    errors = {"mattergen": [], "crygen": []}
+    for (layer, basis, m, id_reduce, id_ragged_idx), _ in calls:
+        with torch.no_grad():
+            results = {
+                "mattergen": original(layer, basis, m, id_reduce, id_ragged_idx),
+                "crygen": mc.efficient_bilinear_in_one_product(layer, basis, m, id_reduce, id_ragged_idx),
+            }
+            weight = layer.weight.data
+            layer.weight.data = weight.double()
+            try:
+                exact = original(layer, tuple(b.double() for b in basis), m.double(), id_reduce, id_ragged_idx)
+            finally:
+                layer.weight.data = weight
+        scale = exact.abs().max()
+        for name, result in results.items():
+            assert result.dtype == torch.float32 and result.shape == exact.shape
+            errors[name].append(float((result.double() - exact).abs().max() / scale))
+    print("largest error relative to the largest output: "
+          + ", ".join(f"{name} {max(e):.1e}" for name, e in errors.items()))
+    assert max(errors["mattergen"]) < 1e-6
+    assert max(errors["crygen"]) < 2e-6  # 512-term sums: a few float32 ulps of the largest output
+
+
+def test_denoiser_scores_with_crygens_bilinear_match_mattergens(fast_base_model):
+    """The denoiser's scores at every step of a real sampling run, with MatterGen's bilinear layer
+    and with crygen's: a wrong layer would change them at order one; they differ at 1e-5."""
+    from mattergen.common.gemnet.layers.efficient import EfficientInteractionBilinear
+    from mattergen.denoiser import GemNetTDenoiser
+
+    module = mc.load_lightning_module(fast_base_model)
+    _, calls = _sampler_calls(fast_base_model, 12, 3, GemNetTDenoiser, "forward")
+    assert len(calls) == 50
+    original = EfficientInteractionBilinear.forward
+    worst = 0.0
+    try:
+        for (_, x, t), _ in calls:
+            with torch.no_grad():
+                EfficientInteractionBilinear.forward = original
+                expected = module.diffusion_module.model(x, t)
+                EfficientInteractionBilinear.forward = mc.efficient_bilinear_in_one_product
+                got = module.diffusion_module.model(x, t)
+            for field in ("pos", "cell", "atomic_numbers"):
+                e, g = expected[field], got[field]
+                scored = torch.isfinite(e) & (e.abs() < 1e9)  # disallowed atom types get -inf / 1e10
+                assert torch.equal(e[~scored], g[~scored])
+                scale = e[scored].abs().max()
+                assert scale > 0
+                worst = max(worst, float((e[scored] - g[scored]).abs().max() / scale))
+    finally:
+        EfficientInteractionBilinear.forward = original
+    print(f"largest difference of the scores, relative to their largest magnitude: {worst:.1e}")
+    assert worst < 1e-4
+
+
+def test_sampling_with_the_exact_speedup_gives_the_same_crystals(fast_base_model, monkeypatch):
+    """With only the bit-for-bit speed-up (the radius graph), sampling draws MatterGen's crystals."""
     from crygen import generation
 
     with _mattergens_sampling():
         before = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
                                      log=lambda m: None)
+    speedups = mc._speedups
+    monkeypatch.setattr(mc, "_speedups", lambda: [s for s in speedups() if s[0] == "radius_graph_pbc_ocp"])
     after = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
                                 log=lambda m: None)
     for a, b in zip(before.structures, after.structures):
