@@ -40,12 +40,12 @@ def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> 
 
     Memory per structure grows with the width of the model and the neighbours per atom;
     the constant matches tests/bench_pipeline.py on the embedded model (width 64, 12
-    neighbours): peak RSS rose 3.8 MB per structure in the batch. On CPU, GemNet's cost is
-    linear in atoms, so a bigger batch gains only dispatch overhead (GemNet forward on the
-    same sampler states, one thread: 64 vs 4 about 1.8x CPU time per structure, once
-    MatterGen's radius graph stopped giving every structure the batch's worst periodic-image
-    grid; before, 64 was 1.7x slower than 4). End to end on two idle cores, 32 or 128 at once
-    sample 2.0-2.1x as many crystals per minute as batches of 4; the big gains are on GPUs.
+    neighbours): peak RSS rose 3.8 MB per structure in the batch. On CPU a bigger batch
+    gains the fixed cost of each sampler step (Python and op dispatch, about 7 ms of GemNet's
+    11 ms per step at batch 4), so the rest, per-crystal compute, decides: crygen's radius
+    graph, bilinear layer and memory reuse (mattergen_compat, keep_freed_memory) cut it by
+    about 40 %. End to end on two cores, 64 at once sample 3.2x as many crystals per minute
+    as batches of 4 (tests/bench_pipeline.py, alternating runs); GPUs gain more.
     """
     gem = model_config["lightning_module"]["diffusion_module"]["model"]["gemnet"]
     width = gem.get("emb_size_edge", 512) / 64.0
@@ -76,6 +76,26 @@ def _sampler(module, config: dict[str, Any], guidance: float):
     with hydra.initialize_config_dir(str(mc.SAMPLING_CONFIG_DIR), version_base="1.1"):
         cfg = hydra.compose(config_name="default", overrides=overrides)
     return instantiate(cfg.sampler_partial)(pl_module=module)
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS.
+
+    By default glibc serves blocks over 128 kB (a bar that only creeps up) with fresh mmaps
+    and unmaps them on free. Every sampler step allocates the same large tensors again, so
+    their pages were faulted in anew each time: 5.6 million page faults and 12 s of system
+    time in a 64-crystal run of 64 s, gone with this (heap blocks up to 32 MB, no trimming).
+    The peak memory stays what the batch needs; it is only returned when the process ends.
+    Elsewhere than glibc there is nothing to tune."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling for it on 64-bit
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def _is_sane(structure) -> bool:
@@ -110,7 +130,8 @@ def generate(
     dist_name = "ALEX_MP_20"
     if "num_atoms_distribution" in info:
         dist_name = mc.register_num_atoms_distribution(f"crygen:{model_dir}", info["num_atoms_distribution"])
-    mc.install_sampling_speedups()  # same results, less time per step (see mattergen_compat)
+    mc.install_sampling_speedups()  # the same results, less time per step (see mattergen_compat)
+    keep_freed_memory()
     sampler = _sampler(module, config, guidance)
     result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device))
     start = time.time()
