@@ -159,7 +159,7 @@ def _sampler_calls(model_dir, n, seed, owner, name):
     return original, calls
 
 
-def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(fast_base_model):
+def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(fast_base_model, monkeypatch):
     """Every radius graph of a real sampling run, from noise to crystal: same edges, same
     order, same offsets and distances, bit for bit."""
     from mattergen.common.utils import data_utils
@@ -179,6 +179,11 @@ def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(fast_base_mod
             sub = dict(kwargs, pos=kwargs["pos"][:first], natoms=kwargs["natoms"][:n], cell=kwargs["cell"][:n])
             for e, g in zip(original(**sub), mc.radius_graph_pbc_ocp_per_pair_images(**sub)):
                 assert torch.equal(e, g)
+    # and when big batches make it work through the pairs in chunks
+    monkeypatch.setattr(mc, "_CANDIDATES_PER_CHUNK", 5000)
+    for args, kwargs in calls[::10]:
+        for e, g in zip(original(**kwargs), mc.radius_graph_pbc_ocp_per_pair_images(**kwargs)):
+            assert torch.equal(e, g)
 
 
 def test_bilinear_in_one_product_is_as_exact_as_mattergens(fast_base_model):
