@@ -1,12 +1,13 @@
 """Benchmarks for the figures the issues ask for (not a test: run it, read its JSON).
 
-    python tests/bench_pipeline.py [--setup cold|warm|none] [--num-gen-throughput 32]
+    python tests/bench_pipeline.py [--setup cold|warm|none] [--num-gen-throughput 64] [--repeats 2]
 
 * set-up: ``make setup`` into a fresh venv of a fresh clone, with an empty pip cache
   (cold: compiles torch_scatter/torch_sparse, downloads everything) or the user's (warm);
 * ``make pipeline EPOCHS=1 NUM_GEN=4`` in a fresh run folder: wall time and peak RSS of
   every stage (from the stages' own timing records) and the whole;
-* generation throughput at the automatic batch size against the old fixed batch of 4.
+* generation throughput at the automatic batch size against the old fixed batch of 4,
+  alternating runs of each.
 
 Results go to stdout and to runs/bench/bench.json.
 """
@@ -65,20 +66,27 @@ print(json.dumps({"n": len(r.structures), "seconds": r.seconds,
 """
 
 
-def time_generation(model_dir: Path, num_gen: int) -> dict:
-    """Each batch size in its own process, so peak memory is its own."""
+def time_generation(model_dir: Path, num_gen: int, repeats: int) -> dict:
+    """Each run in its own process, so peak memory is its own; the automatic and the fixed batch
+    alternate, so a machine whose speed drifts (shared hosts do, by 20 %) slows both alike."""
     from crygen.generation import auto_batch_size
     from crygen.mattergen_compat import load_model_config
 
     auto = auto_batch_size(num_gen, load_model_config(model_dir), "cpu")
+    runs = {"auto": [], "fixed_4": []}
+    for _ in range(repeats):
+        for label, batch in (("auto", auto), ("fixed_4", 4)):
+            proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
+                                  check=True, capture_output=True, text=True, cwd=ROOT)
+            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     rows = {}
     for label, batch in (("auto", auto), ("fixed_4", 4)):
-        proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
-                              check=True, capture_output=True, text=True, cwd=ROOT)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows[label] = {"batch_size": batch, "seconds": round(r["seconds"], 1), "peak_rss_mb": round(r["peak_rss_mb"]),
-                       "structures_per_minute": round(r["n"] / r["seconds"] * 60, 2)}
+        seconds = [r["seconds"] for r in runs[label]]
+        rows[label] = {"batch_size": batch, "seconds": [round(x, 1) for x in seconds],
+                       "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[label])),
+                       "structures_per_minute": round(num_gen * len(seconds) / sum(seconds) * 60, 2)}
     rows["speedup"] = round(rows["auto"]["structures_per_minute"] / rows["fixed_4"]["structures_per_minute"], 2)
+    rows["speedup_per_pair"] = [round(f / a, 2) for a, f in zip(rows["auto"]["seconds"], rows["fixed_4"]["seconds"])]
     if auto > 4:
         rows["rss_mb_per_structure"] = round(
             (rows["auto"]["peak_rss_mb"] - rows["fixed_4"]["peak_rss_mb"]) / (auto - 4), 2)
@@ -88,8 +96,9 @@ def time_generation(model_dir: Path, num_gen: int) -> dict:
 @click.command()
 @click.option("--setup", "setup_mode", type=click.Choice(["cold", "warm", "none"]), default="none")
 @click.option("--pipeline/--no-pipeline", default=True)
-@click.option("--num-gen-throughput", default=32, show_default=True)
-def main(setup_mode: str, pipeline: bool, num_gen_throughput: int) -> None:
+@click.option("--num-gen-throughput", default=64, show_default=True)
+@click.option("--repeats", default=2, show_default=True, help="alternating runs of each batch size")
+def main(setup_mode: str, pipeline: bool, num_gen_throughput: int, repeats: int) -> None:
     out = ROOT / "runs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     results = {"cpu_count": os.cpu_count()}
@@ -101,7 +110,7 @@ def main(setup_mode: str, pipeline: bool, num_gen_throughput: int) -> None:
     else:
         model = ROOT / "data" / "base_model"
     if num_gen_throughput:
-        results["generation_throughput"] = time_generation(model, num_gen_throughput)
+        results["generation_throughput"] = time_generation(model, num_gen_throughput, repeats)
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     json.dump(results, sys.stdout, indent=2)
     print()
