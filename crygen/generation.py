@@ -38,14 +38,15 @@ class GenerationResult:
 def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> int:
     """Largest batch the memory at hand allows, capped by what is asked for.
 
-    Memory per structure grows with the width of the model and the neighbours per atom;
-    the constant matches tests/bench_pipeline.py on the embedded model (width 64, 12
-    neighbours): peak RSS rose 3.8 MB per structure in the batch. On CPU a bigger batch
-    gains the fixed cost of each sampler step (Python and op dispatch, about 7 ms of GemNet's
-    11 ms per step at batch 4), so the rest, per-crystal compute, decides: crygen's radius
-    graph, bilinear layer and memory reuse (mattergen_compat, keep_freed_memory) cut it by
-    about 40 %. End to end on two cores, 64 at once sample 3.2x as many crystals per minute
-    as batches of 4 (tests/bench_pipeline.py, alternating runs); GPUs gain more.
+    Memory per structure grows with the width of the model and the neighbours per atom; for
+    the embedded model (width 64, 12 neighbours) the estimate, 3.8 MB per structure in the
+    batch, is about twice what tests/bench_pipeline.py measures (2.0 MB), a margin for bigger
+    cells. On CPU a bigger batch saves only the fixed cost of each sampler step (Python and op
+    dispatch, about 7 ms of GemNet's 11 ms per step at batch 4); per-crystal compute decides
+    the rest, and crygen's radius graph, bilinear layer and memory reuse (mattergen_compat,
+    keep_freed_memory) cut it by about 30 %. End to end on two cores, batches of 64 or 128
+    sample 3.2x as many crystals per minute as batches of 4 (tests/bench_pipeline.py,
+    alternating runs; 2.1x without those speed-ups). GPUs gain more.
     """
     gem = model_config["lightning_module"]["diffusion_module"]["model"]["gemnet"]
     width = gem.get("emb_size_edge", 512) / 64.0
