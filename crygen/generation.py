@@ -131,7 +131,7 @@ def generate(
     dist_name = "ALEX_MP_20"
     if "num_atoms_distribution" in info:
         dist_name = mc.register_num_atoms_distribution(f"crygen:{model_dir}", info["num_atoms_distribution"])
-    mc.install_sampling_speedups()  # the same results, less time per step (see mattergen_compat)
+    mc.install_sampling_speedups()  # less time per step; mattergen_compat says how close to MatterGen's
     keep_freed_memory()
     sampler = _sampler(module, config, guidance)
     result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device))

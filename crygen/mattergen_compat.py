@@ -683,8 +683,9 @@ def radius_graph_pbc_ocp_per_pair_images(pos, pbc, natoms, cell, radius, max_num
     local = torch.arange(n_pairs, device=device) - torch.repeat_interleave(
         torch.cumsum(natoms_squared, 0) - natoms_squared, natoms_squared)
     n_expand = natoms[struct_of_pair]
-    index1 = torch.div(local, n_expand, rounding_mode="floor") + index_offset[struct_of_pair]
-    index2 = (local % n_expand) + index_offset[struct_of_pair]
+    first_atom = index_offset[struct_of_pair]
+    index1 = torch.div(local, n_expand, rounding_mode="floor") + first_atom
+    index2 = (local % n_expand) + first_atom
     with torch.no_grad():
         batch_of_atom = torch.repeat_interleave(torch.arange(batch_size, device=device), natoms)
         frac = torch.linalg.solve(cell.double().transpose(1, 2)[batch_of_atom], pos.double().unsqueeze(-1))[..., 0]
@@ -746,8 +747,9 @@ def _pair_image_candidates(pos, per_pair, images_of_pair, sides, offset_rows, ra
         torch.cumsum(images_of_pair, 0) - images_of_pair, 0, pair)
     stride2, stride1, first_rank, index1, index2, rows = torch.index_select(per_pair, 0, pair).unbind(1)
     n0 = torch.div(rank, stride1, rounding_mode="floor")
-    n1 = torch.div(rank - n0 * stride1, stride2, rounding_mode="floor")
-    n2 = rank - n0 * stride1 - n1 * stride2
+    rest = rank - n0 * stride1
+    n1 = torch.div(rest, stride2, rounding_mode="floor")
+    n2 = rest - n1 * stride2
     cell_rank = first_rank + n0 * (sides[1] * sides[2]) + n1 * sides[2] + n2
     pos1 = torch.index_select(pos, 0, index1)
     pos2 = torch.index_select(pos, 0, index2) + torch.index_select(offset_rows, 0, rows + cell_rank)
