@@ -73,14 +73,15 @@ def time_generation(model_dir: Path, num_gen: int, repeats: int) -> dict:
     from crygen.mattergen_compat import load_model_config
 
     auto = auto_batch_size(num_gen, load_model_config(model_dir), "cpu")
-    runs = {"auto": [], "fixed_4": []}
+    batches = {"auto": auto, "fixed_4": 4}
+    runs = {label: [] for label in batches}
     for _ in range(repeats):
-        for label, batch in (("auto", auto), ("fixed_4", 4)):
+        for label, batch in batches.items():
             proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
                                   check=True, capture_output=True, text=True, cwd=ROOT)
             runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     rows = {}
-    for label, batch in (("auto", auto), ("fixed_4", 4)):
+    for label, batch in batches.items():
         seconds = [r["seconds"] for r in runs[label]]
         rows[label] = {"batch_size": batch, "seconds": [round(x, 1) for x in seconds],
                        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[label])),
