@@ -98,7 +98,8 @@ def time_generation(model_dir: Path, num_gen: int, repeats: int) -> dict:
 @click.option("--setup", "setup_mode", type=click.Choice(["cold", "warm", "none"]), default="none")
 @click.option("--pipeline/--no-pipeline", default=True)
 @click.option("--num-gen-throughput", default=64, show_default=True)
-@click.option("--repeats", default=2, show_default=True, help="alternating runs of each batch size")
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
+              help="alternating runs of each batch size")
 def main(setup_mode: str, pipeline: bool, num_gen_throughput: int, repeats: int) -> None:
     out = ROOT / "runs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
