@@ -33,6 +33,10 @@ POTENTIAL    ?= chgnet
 REFERENCE    ?= default
 DEFAULT_REFERENCE := data/reference/reference_chgnet.gz
 BASE_STEPS   ?= 10000
+# make sample: the model to sample (a model dir, or a published MatterGen name such as
+# mattergen_base or chemical_system) and where its results go unless OUT is given
+MODEL        ?=
+SAMPLE_OUT   := $(if $(filter command line environment override,$(origin OUT)),$(OUT),runs/sample-$(notdir $(patsubst %/,%,$(MODEL))))
 # Property-conditioned fine-tuning: PROPERTIES=band_gap,solid_electrolyte (columns of DATA),
 # FINETUNE_MODE=full|adapter, then CONDITION='band_gap=1.5,solid_electrolyte=yes' GUIDANCE=2.0.
 PROPERTIES   ?=
@@ -66,12 +70,12 @@ include docker/docker.mk
 # With RUNNER=docker the goals are the container's (docker/docker.mk): none of the rules below.
 ifndef DOCKER_DISPATCH
 
-.PHONY: help setup pipeline prepare-data base-model finetune validate generate eval-gen reference summary \
+.PHONY: help setup pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary \
         test mattergen-tests bench clean data remote remote-status remote-fetch
 
 help: ## this list
 	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS"
-	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT PROPERTIES FINETUNE_MODE CONDITION GUIDANCE RUNNER=local|docker):"
+	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT PROPERTIES FINETUNE_MODE CONDITION GUIDANCE MODEL RUNNER=local|docker):"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
 
 # ---------------------------------------------------------------- environment
@@ -105,10 +109,14 @@ STAMP_evaluate := $(RELAX) $(POTENTIAL) $(REFERENCE)
 
 # They are written when the Makefile is read (not by a rule), so `make -n` plans truly.
 STAMPED_GOALS := $(filter-out help setup data test mattergen-tests bench clean eval-gen reference image shell \
-                   remote remote-status remote-fetch,$(MAKECMDGOALS))
+                   remote remote-status remote-fetch sample,$(MAKECMDGOALS))
+write_stamp = $(shell mkdir -p $(dir $(1)) && (echo '$(2)' | cmp -s - $(1) || echo '$(2)' > $(1)))
 ifneq ($(STAMPED_GOALS),)
-_stamps := $(foreach s,prepare finetune validate generate evaluate,$(shell mkdir -p $(STAMP) && \
-  (echo '$(STAMP_$(s))' | cmp -s - $(STAMP)/$(s) || echo '$(STAMP_$(s))' > $(STAMP)/$(s))))
+_stamps := $(foreach s,prepare finetune validate generate evaluate,$(call write_stamp,$(STAMP)/$(s),$(STAMP_$(s))))
+endif
+ifneq ($(filter sample,$(MAKECMDGOALS)),)
+_stamps += $(call write_stamp,$(SAMPLE_OUT)/.stamps/sample,$(MODEL) $(STAMP_generate))
+_stamps += $(call write_stamp,$(SAMPLE_OUT)/.stamps/evaluate,$(STAMP_evaluate))
 endif
 
 # ---------------------------------------------------------------- pipeline stages
@@ -138,6 +146,20 @@ $(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $
 	  --model-out $(OUT)/generation/model_for_generation --out $(OUT)/generation/results \
 	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
 	  --condition '$(CONDITION)' --guidance $(GUIDANCE)
+
+# make sample: a model as it is (a path or a published MatterGen name), generated from and
+# evaluated, as MatterGen's mattergen-generate + mattergen-evaluate; OUT given or runs/sample-<name>.
+sample: $(SAMPLE_OUT)/results/metrics_summary.json ## NUM_GEN crystals from MODEL (no fine-tuning), evaluated: MODEL= CONDITION= GUIDANCE= OUT=
+	@echo "sample: $(SAMPLE_OUT)/results"
+
+$(SAMPLE_OUT)/results/generated_crystals.extxyz: $(wildcard $(MODEL)/checkpoints/last.ckpt) $(SAMPLE_OUT)/.stamps/sample | $(SETUP)
+	$(if $(strip $(MODEL)),,$(error make sample needs MODEL=<model dir or published MatterGen model name>))
+	$(PY) stages/generate.py --model '$(MODEL)' --out $(SAMPLE_OUT)/results \
+	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
+	  --condition '$(CONDITION)' --guidance $(GUIDANCE)
+
+$(SAMPLE_OUT)/results/metrics_summary.json: $(SAMPLE_OUT)/results/generated_crystals.extxyz $(SAMPLE_OUT)/.stamps/evaluate | $(SETUP)
+	$(PY) stages/evaluate_generated.py --results $(SAMPLE_OUT)/results $(EVAL_ARGS)
 
 # In the pipeline an evaluation failure is recorded (summary.json says why) and the run
 # goes on; `make eval-gen` on its own fails with the reason.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crygen import mattergen_compat as mc
+from crygen.fileio import one_line
 
 TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
 CPU_MAX_BATCH = 256  # beyond this a CPU gains no throughput
@@ -67,16 +68,64 @@ def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> 
     return math.ceil(num_gen / n_batches)
 
 
-def _sampler(module, config: dict[str, Any], guidance: float):
+def _sampler(module, config: dict[str, Any], guidance: float, extra_overrides: list[str] = ()):
+    """MatterGen's predictor-corrector from crygen's sampling config, with the model's step
+    count and ``extra_overrides`` (a model dir's own, ``sampling_overrides`` in crygen_model.json)."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
-    overrides = mc.sampling_overrides(config) + [f"sampler_partial.guidance_scale={guidance}"]
+    overrides = mc.sampling_overrides(config) + list(extra_overrides) + [f"sampler_partial.guidance_scale={guidance}"]
     with hydra.initialize_config_dir(str(mc.SAMPLING_CONFIG_DIR), version_base="1.1"):
         cfg = hydra.compose(config_name="default", overrides=overrides)
     return instantiate(cfg.sampler_partial)(pl_module=module)
+
+
+class ModelFailure(RuntimeError):
+    """The model itself cannot be sampled (not one diverging sample): drawing again is futile."""
+
+
+# A trained model's cell score on samples of the prior is of order 1 (the embedded model's: 2-5).
+# Far below it, the sampler's Langevin corrector, whose step grows as 1/|score|^2 up to 1e6,
+# moves every cell by ~1000 A in its first step (random weights of MatterGen's size: 1e-3).
+VANISHING_CELL_SCORE = 1e-2
+
+
+class ScoreProbe:
+    """Counts a sampler's model calls and keeps the cell score of each batch's first call, so a
+    failure can be placed: within the first denoising step nothing but the model has acted
+    on samples of the prior. Wraps this sampler object's score function only."""
+
+    def __init__(self, sampler) -> None:
+        self.calls = 0
+        self.batch_start = 0
+        self.first_cell_score: float | None = None
+        self.first_step_calls = 1 + sampler._n_steps_corrector * bool(sampler._correctors)
+        score_fn = sampler._score_fn
+
+        def probed(x, t):
+            score = score_fn(x, t)
+            if self.calls == self.batch_start:
+                self.first_cell_score = float(score["cell"].flatten(1).norm(dim=1).median())
+            self.calls += 1
+            return score
+
+        sampler._score_fn = probed
+
+    def new_batch(self) -> None:
+        self.batch_start, self.first_cell_score = self.calls, None
+
+    def failure(self, error: Exception) -> ModelFailure | None:
+        """The model's failure, when ``error`` came within a batch's first denoising step."""
+        if self.calls - self.batch_start > self.first_step_calls:
+            return None
+        why = ""
+        if self.first_cell_score is not None and self.first_cell_score < VANISHING_CELL_SCORE:
+            why = (f"; its cell score on the prior is {self.first_cell_score:.1e} (a trained model's is of order 1), "
+                   "so the corrector's first step blows every cell up: untrained or random weights?")
+        return ModelFailure(f"the model fails in the first denoising step, on samples of the prior, so no other "
+                            f"seed or batch size can help ({one_line(error)}){why}")
 
 
 def keep_freed_memory() -> None:
@@ -133,7 +182,8 @@ def generate(
         dist_name = mc.register_num_atoms_distribution(f"crygen:{model_dir}", info["num_atoms_distribution"])
     mc.install_sampling_speedups()  # less time per step; mattergen_compat says how close to MatterGen's
     keep_freed_memory()
-    sampler = _sampler(module, config, guidance)
+    sampler = _sampler(module, config, guidance, info.get("sampling_overrides", []))
+    probe = ScoreProbe(sampler)
     result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device))
     start = time.time()
     attempt = 0
@@ -150,6 +200,7 @@ def generate(
         )
         (conditioning, mask), = list(loader)
         log(f"generate: batch {attempt} of {n} structures (have {len(result.structures)}/{num_gen})")
+        probe.new_batch()
         try:
             if record_trajectories:
                 _, mean, records = sampler.sample_with_record(conditioning, mask)
@@ -164,6 +215,9 @@ def generate(
                 mean.pos, mean.atomic_numbers, lengths, angles, mean.num_atoms
             )
         except Exception as e:  # a diverging sample surfaces as many error types
+            model_failure = probe.failure(e)
+            if model_failure is not None:
+                raise model_failure from e
             msg = f"batch {attempt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log(f"generate: {msg}; drawing it again, smaller, with another seed")
             result.failed_batches.append(msg)

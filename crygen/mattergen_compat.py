@@ -278,8 +278,12 @@ def sampling_overrides(config: Any) -> list[str]:
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
     """A MatterGen model dir: ``config.yaml`` plus ``checkpoints/last.ckpt`` (a torch
-    checkpoint with a ``state_dict``). Anything else is a one-line error."""
-    model_dir = Path(model_dir)
+    checkpoint with a ``state_dict``). Anything else is a one-line error. A published model
+    name (``mattergen_base``, ...) is resolved first (crygen.model_source); the dir's path
+    is returned."""
+    from crygen.model_source import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir)
     if not model_dir.is_dir():
         raise CrygenError(model_dir, "model directory not found")
     config = model_dir / "config.yaml"
@@ -306,7 +310,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     import torch
 
+    from crygen.model_source import is_lfs_pointer
+
     path = Path(path)
+    if is_lfs_pointer(path):
+        raise CrygenError(path, "a Git LFS pointer, not the checkpoint (the repository was cloned without "
+                                "git-lfs: run `git lfs pull` there, or give the model's name to download it)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
@@ -317,9 +326,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """A model dir's config as the pinned stack accepts it (crygen.config_adaptations)."""
+    return read_model_config(model_dir)[0]
+
+
+def read_model_config(model_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """A model dir's config, adapted, and the names of the adaptations it needed."""
     import yaml
 
-    return yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
+    from crygen.config_adaptations import adapt_config
+
+    config = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
+    return config, adapt_config(config)
 
 
 def checkpoint_info(model_dir: str | os.PathLike):
@@ -569,28 +587,82 @@ def property_embedding_config(name: str, definition: dict[str, Any], hidden_dim:
 
 def adapter_config(base_config: dict[str, Any], definitions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The base model config with MatterGen's adapter denoiser (GemNetTAdapter + GemNetTCtrl)
-    embedding ``definitions``, as MatterGen's finetune script composes it."""
+    embedding ``definitions``, as MatterGen's finetune script composes it.
+
+    A base that is already conditioned keeps its embeddings (and, through
+    :func:`init_adapter_module`, their weights) and gains adapters for the properties it
+    lacks; MatterGen's own finetune replaces the base's adapters instead, so a model it
+    fine-tunes from ``space_group`` on another property no longer takes a space group
+    (MatterGen issue #204). A property the base already embeds keeps the base's embedding."""
     config = deepcopy(base_config)
     model = config["lightning_module"]["diffusion_module"]["model"]
-    if model.get("property_embeddings_adapt") or model.get("property_embeddings"):
-        raise CrygenError(None, "the base model is already property-conditioned; fine-tune an unconditioned one")
+    adapt = dict(model.get("property_embeddings_adapt") or {})
+    known = set(adapt) | set(model.get("property_embeddings") or {})
     hidden = int(model["hidden_dim"])
+    adapt.update((name, property_embedding_config(name, d, hidden))
+                 for name, d in sorted(definitions.items()) if name not in known)
     model["_target_"] = "mattergen.adapter.GemNetTAdapter"
-    model["property_embeddings_adapt"] = {
-        name: property_embedding_config(name, d, hidden) for name, d in sorted(definitions.items())}
+    model["property_embeddings_adapt"] = adapt
     model["gemnet"]["_target_"] = "mattergen.common.gemnet.gemnet_ctrl.GemNetTCtrl"
-    model["gemnet"]["condition_on_adapt"] = sorted(definitions)
+    previous = list(model["gemnet"].get("condition_on_adapt") or [])
+    model["gemnet"]["condition_on_adapt"] = previous + sorted(set(adapt) - set(previous))
     return config
 
 
-def model_properties(config: dict[str, Any]) -> list[str]:
+def property_embedding_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every property embedding of a model config (trained with the model or by an adapter)."""
     model = config["lightning_module"]["diffusion_module"]["model"]
-    return sorted(list(model.get("property_embeddings") or {}) + list(model.get("property_embeddings_adapt") or {}))
+    return {**(model.get("property_embeddings") or {}), **(model.get("property_embeddings_adapt") or {})}
 
 
-def init_adapter_module(config: dict[str, Any], base_state: dict[str, Any], train_base: bool):
-    """Instantiate the adapter model with the base weights; ``train_base=False`` freezes
-    them so only the adapter learns (MatterGen's ``full_finetuning=false``)."""
+def model_properties(config: dict[str, Any]) -> list[str]:
+    return sorted(property_embedding_configs(config))
+
+
+# what a condition on a property may be, from its conditional embedding's class (MatterGen's
+# published models carry no crygen definitions)
+_KIND_OF_EMBEDDING = {
+    "mattergen.property_embeddings.ChemicalSystemMultiHotEmbedding": CHEMICAL_SYSTEM,
+    "mattergen.property_embeddings.SpaceGroupEmbeddingVector": SPACE_GROUP,
+    "mattergen.diffusion.model_utils.NoiseLevelEncoding": FLOAT,
+}
+
+
+def model_property_definitions(model_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The properties a model dir is conditioned on, each with what a condition on it may be:
+    crygen's definition where crygen fine-tuned it (a float's range, a category's labels),
+    otherwise its kind read from the config's embedding (a float then takes any number)."""
+    recorded = read_model_info(model_dir).get("properties", {})
+    definitions = {}
+    for name, embedding in property_embedding_configs(load_model_config(model_dir)).items():
+        if name in recorded:
+            definitions[name] = recorded[name]
+            continue
+        conditional = embedding.get("conditional_embedding_module") or {}
+        target = str(conditional.get("_target_", ""))
+        if target.endswith(".CategoricalEmbedding"):
+            definitions[name] = {"kind": CATEGORICAL, "categories": list(conditional["categories"])}
+        elif target in _KIND_OF_EMBEDDING:
+            definitions[name] = {"kind": _KIND_OF_EMBEDDING[target]}
+            if (embedding.get("scaler") or {}).get("log10_transform"):
+                definitions[name]["positive"] = True  # it embeds log10 of the value
+        else:
+            definitions[name] = {"kind": "unsupported", "embedding": target}
+    return definitions
+
+
+def adapter_parameter_prefixes(names) -> tuple[str, ...]:
+    """The parameter names of the adapters for ``names`` (GemNetTAdapter / GemNetTCtrl)."""
+    model = "diffusion_module.model."
+    return tuple(p for n in names for p in (f"{model}property_embeddings_adapt.{n}.",
+                                            f"{model}gemnet.cond_adapt_layers.{n}.",
+                                            f"{model}gemnet.cond_mixin_layers.{n}."))
+
+
+def init_adapter_module(config: dict[str, Any], base_state: dict[str, Any], trainable: list[str] | None = None):
+    """Instantiate the adapter model with the base weights (a conditioned base's adapters
+    included). ``trainable``: train only the adapters of these properties, the rest frozen
+    (MatterGen's ``full_finetuning=false``); None trains everything."""
     from hydra.utils import instantiate
 
     register_properties(model_properties(config))
@@ -598,10 +670,10 @@ def init_adapter_module(config: dict[str, Any], base_state: dict[str, Any], trai
     state = module.state_dict()
     state.update((k, base_state[k]) for k in state.keys() & base_state.keys())
     module.load_state_dict(state, strict=True)
-    if not train_base:
+    if trainable is not None:
+        prefixes = adapter_parameter_prefixes(trainable)
         for name, param in module.named_parameters():
-            if name in base_state:
-                param.requires_grad_(False)
+            param.requires_grad_(name.startswith(prefixes))
     return module
 
 
@@ -610,7 +682,8 @@ def fit_property_scalers(module, train_values: dict[str, Any]) -> None:
     MatterGen's SetPropertyScalers callback does."""
     import torch
 
-    embeddings = module.diffusion_module.model.property_embeddings_adapt
+    model = module.diffusion_module.model
+    embeddings = {**model.property_embeddings, **model.property_embeddings_adapt}
     for name, values in train_values.items():
         embeddings[name].fit_scaler(torch.as_tensor(values, dtype=torch.float32))
 

@@ -198,7 +198,8 @@ def parse_condition(text: str, definitions: dict[str, dict[str, Any]], source: P
     one-line error naming what the model allows."""
     condition: dict[str, Any] = {}
     if not definitions:
-        raise CrygenError(source, "CONDITION given, but the model was fine-tuned on no properties (set PROPERTIES)")
+        raise CrygenError(source, "CONDITION given, but the model is conditioned on no properties "
+                                  "(fine-tune with PROPERTIES, or sample a conditioned model)")
     known = ", ".join(f"{n} ({describe(d)})" for n, d in definitions.items())
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         name, sep, raw = (s.strip() for s in part.partition("="))
@@ -213,12 +214,16 @@ def parse_condition(text: str, definitions: dict[str, dict[str, Any]], source: P
 def describe(definition: dict[str, Any]) -> str:
     kind = definition["kind"]
     if kind == FLOAT:
+        if "min" not in definition:  # a model crygen did not fine-tune records no range
+            return "a positive number" if definition.get("positive") else "a number"
         return f"a number in {definition['min']:g} .. {definition['max']:g}"
     if kind == CATEGORICAL:
         return " or ".join(definition["categories"])
     if kind == CHEMICAL_SYSTEM:
         return "elements like Li-Fe-O"
-    return "a space-group number 1..230 or symbol"
+    if kind == SPACE_GROUP:
+        return "a space-group number 1..230 or symbol"
+    return f"not settable by crygen ({definition.get('embedding', kind)})"
 
 
 def _condition_value(name: str, raw: str, definition: dict[str, Any], source: Path) -> Any:
@@ -228,7 +233,9 @@ def _condition_value(name: str, raw: str, definition: dict[str, Any], source: Pa
         value = _as_float(raw)
         if value is None or not math.isfinite(value):
             raise CrygenError(source, wrong)
-        if not definition["min"] <= value <= definition["max"]:
+        if definition.get("positive") and value <= 0:
+            raise CrygenError(source, wrong)
+        if "min" in definition and not definition["min"] <= value <= definition["max"]:
             raise CrygenError(source, f"{wrong} (outside the values it was trained on)")
         return value
     if kind == CATEGORICAL:
@@ -249,6 +256,8 @@ def _condition_value(name: str, raw: str, definition: dict[str, Any], source: Pa
         if not symbols or not numbers <= generatable_elements():
             raise CrygenError(source, f"{wrong} (an element MatterGen cannot generate)")
         return "-".join(sorted(set(symbols)))
+    if kind != SPACE_GROUP:
+        raise CrygenError(source, wrong)
     number = _space_group_number(raw)
     if number is None:
         raise CrygenError(source, wrong)

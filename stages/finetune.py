@@ -43,7 +43,7 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
     from crygen import properties as props
     from crygen.training import fit, mark_done
 
-    mc.check_model_dir(base_model)
+    base_model = mc.check_model_dir(base_model)
     if not (Path(data) / "train" / "pos.npy").is_file():
         raise CrygenError(data, "not a prepared dataset (no train/pos.npy); run prepare_data first")
     dataset = read_json(Path(data) / "dataset.json")
@@ -55,7 +55,11 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
     definitions = _dataset_properties(Path(data), names)
     if mode == "adapter" and not definitions:
         raise CrygenError(None, "FINETUNE_MODE=adapter needs PROPERTIES (the adapter embeds them)")
-    base_config = mc.load_model_config(base_model)
+    base_config, adaptations = mc.read_model_config(base_model)
+    # a conditioned base (MatterGen's chemical_system, ...) keeps its conditions; properties
+    # the data lacks are embedded unconditionally, as MatterGen does for a missing value
+    base_definitions = mc.model_property_definitions(base_model)
+    mc.register_properties(base_definitions)
     if definitions:
         base_config = mc.adapter_config(base_config, definitions)
     config = mc.with_data_module(base_config, mc.data_module_config(
@@ -65,9 +69,10 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
     base_ckpt = Path(base_model) / "checkpoints" / "last.ckpt"
     base_state = mc.read_checkpoint(base_ckpt)["state_dict"]
     if definitions:
-        module = mc.init_adapter_module(config, base_state, train_base=mode == "full")
-        mc.fit_property_scalers(module, {n: props.read_split_values(data, "train", n)
-                                         for n, d in definitions.items() if d["kind"] == mc.FLOAT})
+        module = mc.init_adapter_module(config, base_state, trainable=names if mode == "adapter" else None)
+        # a property the base already embeds keeps the scaler it was trained with
+        mc.fit_property_scalers(module, {n: props.read_split_values(data, "train", n) for n, d in definitions.items()
+                                         if d["kind"] == mc.FLOAT and n not in base_definitions})
     else:
         module = instantiate(config["lightning_module"])
         module.load_state_dict(base_state, strict=True)
@@ -97,8 +102,13 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
         "settings": settings,
         "num_atoms_distribution": mc.num_atoms_distribution(np.load(Path(data) / "train" / "num_atoms.npy")),
     }
-    if definitions:
-        info["properties"] = definitions
+    if adaptations:
+        info["config_adaptations"] = adaptations
+    base_info = mc.read_model_info(base_model)
+    if "sampling_overrides" in base_info:  # how the base is sampled holds for its fine-tuned self
+        info["sampling_overrides"] = base_info["sampling_overrides"]
+    if definitions or base_definitions:
+        info["properties"] = {**base_definitions, **definitions}
     import json
 
     (Path(out) / mc.CRYGEN_MODEL_INFO).write_text(json.dumps(info, indent=2))

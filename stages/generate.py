@@ -1,7 +1,9 @@
-"""Generate NUM_GEN crystals with the fine-tuned model.
+"""Generate NUM_GEN crystals with the fine-tuned model, or with any model dir (--model).
 
-Writes model_for_generation/ (the base model's config with the fine-tuned checkpoint, a
-MatterGen model dir that MatterGen's own generator loads) and, under --out,
+In the pipeline (--base-model, --finetuned, --model-out) it writes model_for_generation/ (the
+base model's config with the fine-tuned checkpoint, a MatterGen model dir that MatterGen's
+own generator loads). With --model (`make sample`) it samples that model dir as it is: a
+path or a published MatterGen model name. Under --out it writes
 generated_crystals.extxyz, generated_crystals_cif.zip, generated_trajectories.zip and
 generation.json. The batch size is chosen from NUM_GEN and the memory at hand unless given.
 On failure GENERATION_FAILED.txt holds the reason and the exit status is non-zero.
@@ -22,9 +24,10 @@ from crygen.fileio import CrygenError, atomic_path, write_json
 
 
 @click.command(help=__doc__)
-@click.option("--base-model", required=True, type=click.Path(path_type=Path), help="Model dir whose config is used.")
-@click.option("--finetuned", required=True, type=click.Path(path_type=Path), help="Fine-tuned model dir (its checkpoint).")
-@click.option("--model-out", required=True, type=click.Path(path_type=Path), help="model_for_generation dir to write.")
+@click.option("--model", default=None, help="Model dir or published model name to sample as it is.")
+@click.option("--base-model", default=None, type=click.Path(path_type=Path), help="Model dir whose config is used.")
+@click.option("--finetuned", default=None, type=click.Path(path_type=Path), help="Fine-tuned model dir (its checkpoint).")
+@click.option("--model-out", default=None, type=click.Path(path_type=Path), help="model_for_generation dir to write.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Results folder.")
 @click.option("--num-gen", required=True, type=int)
 @click.option("--batch-size", default=0, show_default=True, type=click.IntRange(0), help="0 = automatic.")
@@ -34,7 +37,8 @@ from crygen.fileio import CrygenError, atomic_path, write_json
 @click.option("--condition", default="", help="name=value,... of properties the model was fine-tuned on.")
 @click.option("--guidance", default=2.0, show_default=True, type=float, help="Classifier-free guidance factor.")
 @stage("generate")
-def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device, condition, guidance):
+def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device, condition,
+         guidance):
     from crygen import mattergen_compat as mc
     from crygen.generation import generate, write_trajectories
     from crygen.properties import parse_condition
@@ -42,24 +46,29 @@ def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, traje
 
     if num_gen < 1:
         raise CrygenError(None, f"NUM_GEN={num_gen}: must be at least 1")
-    mc.check_model_dir(base_model)
-    mc.check_model_dir(finetuned)
+    if (model is None) == (finetuned is None) or (finetuned is not None and (base_model is None or model_out is None)):
+        raise CrygenError(None, "give --model, or --base-model with --finetuned and --model-out")
+    if model is not None:
+        model_dir = mc.check_model_dir(model)
+        definitions = mc.model_property_definitions(model_dir)
+    else:
+        base_model, finetuned = mc.check_model_dir(base_model), mc.check_model_dir(finetuned)
+        definitions = mc.model_property_definitions(finetuned)
+    target = parse_condition(condition, definitions, model_dir if model else finetuned) if condition.strip() else {}
+    if target and guidance < 0:
+        raise CrygenError(None, f"GUIDANCE={guidance:g}: must be at least 0")
     device = pick_device(device)
     out = Path(out)
     failed = out / "GENERATION_FAILED.txt"
     failed.unlink(missing_ok=True)
-
-    info = mc.read_model_info(finetuned) or mc.read_model_info(base_model)
-    definitions = info.get("properties", {})
-    target = parse_condition(condition, definitions, finetuned) if condition.strip() else {}
-    if target and guidance < 0:
-        raise CrygenError(None, f"GUIDANCE={guidance:g}: must be at least 0")
-    # a property-conditioned model has its own (adapter) architecture, not the base's
-    config_dir = finetuned if definitions else base_model
-    mc.write_model_dir(model_out, mc.load_model_config(config_dir),
-                       Path(finetuned) / "checkpoints" / "last.ckpt", info)
+    if model is None:
+        info = mc.read_model_info(finetuned) or mc.read_model_info(base_model)
+        # a property-conditioned model has its own (adapter) architecture, not the base's
+        config_dir = finetuned if definitions else base_model
+        model_dir = mc.write_model_dir(model_out, mc.load_model_config(config_dir),
+                                       Path(finetuned) / "checkpoints" / "last.ckpt", info)
     try:
-        result = generate(model_out, num_gen, seed, device=device, batch_size=batch_size or None,
+        result = generate(model_dir, num_gen, seed, device=device, batch_size=batch_size or None,
                           record_trajectories=trajectories, properties=target or None,
                           guidance=guidance if target else 0.0)
     except Exception as e:
@@ -83,7 +92,7 @@ def main(base_model, finetuned, model_out, out, num_gen, batch_size, seed, traje
         "device": device,
         "sampling_seconds": round(result.seconds, 2),
         "structures_per_minute": round(rate, 2),
-        "model_dir": str(Path(model_out).resolve()),
+        "model_dir": str(Path(model_dir).resolve()),
         **({"condition": target, "guidance": guidance} if target else {}),
     })
     click.echo(f"generate: {len(result.structures)} structures in {result.seconds:.0f} s "

@@ -83,20 +83,29 @@ def main(base_model, finetuned_model, data, out, draws, batch_size, seed, device
     if not (Path(data) / "val" / "pos.npy").is_file():
         raise CrygenError(data, "not a prepared dataset (no val/pos.npy)")
     device = pick_device(device)
-    properties = sorted(mc.read_model_info(finetuned_model).get("properties", {}))
+    base_model, finetuned_model = mc.check_model_dir(base_model), mc.check_model_dir(finetuned_model)
+    # the data's values feed the properties it was fine-tuned on; chemical_system is computed
+    # from each structure (MatterGen's transform), so a model conditioned on it always gets it;
+    # any other property a conditioned base brought along is embedded unconditionally
+    info = mc.read_model_info(finetuned_model)
+    properties = sorted(info.get("settings", {}).get("properties", []))
+    model_properties = mc.model_property_definitions(finetuned_model)
+    base_conditioned = bool(mc.model_property_definitions(base_model))
     absent = [p for p in properties if not (Path(data) / "val" / f"{p}.json").is_file()]
     if absent:
         raise CrygenError(data, f"no values for {absent[0]!r}, which the fine-tuned model was trained on "
                                 "(prepare the data with the same PROPERTIES)")
-    mc.register_properties(properties)
+    mc.register_properties(model_properties)
     datamodule = instantiate(mc.data_module_config(data, batch_size=batch_size, properties=properties))
     runs = [("baseline", base_model, None), ("finetuned", finetuned_model, None)]
-    if properties:
+    if model_properties:
         # fixed embedding choices instead of MatterGen's random dropout, which would also
-        # draw from the generator and unpair the noise
-        runs = [("baseline", base_model, SetUnconditionalEmbeddingType()),
-                ("finetuned", finetuned_model, SetConditionalEmbeddingType()),
-                ("unconditional", finetuned_model, SetUnconditionalEmbeddingType())]
+        # draw from the generator and unpair the noise; a conditioned base is scored with
+        # its conditions as well
+        conditional, unconditional = SetConditionalEmbeddingType(), SetUnconditionalEmbeddingType()
+        runs = [("baseline", base_model, conditional if base_conditioned else unconditional),
+                ("finetuned", finetuned_model, conditional),
+                ("unconditional", finetuned_model, unconditional)]
     results = {}
     for name, model_dir, embedding_choice in runs:
         module = mc.load_lightning_module(model_dir, device)
@@ -105,8 +114,9 @@ def main(base_model, finetuned_model, data, out, draws, batch_size, seed, device
         results[name] = paired_losses(module, datamodule, draws, seed)
         click.echo(f"validate: {name} loss {sum(u['loss'] * u['n'] for u in results[name]) / sum(u['n'] for u in results[name]):.4f}", err=True)
     metrics = compare(results["baseline"], results["finetuned"])
-    if properties:
-        metrics["properties"] = properties
+    if model_properties:
+        metrics["properties"] = sorted(model_properties)
+        metrics["baseline_embedding"] = "conditional" if base_conditioned else "unconditional"
         metrics["unconditional"] = compare(results["baseline"], results["unconditional"])["finetuned"]
         # conditional minus unconditional loss of the fine-tuned model, paired
         metrics["conditioning"] = compare(results["unconditional"], results["finetuned"])

@@ -11,7 +11,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 
-from tests.helpers import BASE_MODEL, DEMO_DATA, demo_subset, run_stage
+from tests.helpers import BASE_MODEL, DEMO_DATA, PROPS, demo_subset, run_stage, write_property_csv
 
 TINY_DIFFUSION_STEPS = 10  # sampler N must equal it; keeps sampling tests to seconds
 
@@ -41,6 +41,15 @@ def small_dataset(tmp_path_factory, demo_data):
     root = tmp_path_factory.mktemp("small_dataset")
     xyz = demo_subset(root / "small.extxyz", 40)
     run_stage("prepare_data", "--input", xyz, "--out", root / "data", "--seed", "1")
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def property_data(tmp_path_factory, demo_data):
+    """30 demo crystals with a scalar (band_gap) and a binary (solid_electrolyte) property."""
+    root = tmp_path_factory.mktemp("property_data")
+    data = write_property_csv(root / "props.csv")
+    run_stage("prepare_data", "--input", data, "--out", root / "data", "--properties", PROPS)
     return root / "data"
 
 

@@ -12,6 +12,12 @@ STAGES = ROOT / "stages"
 DEMO_DATA = ROOT / "data" / "alexandria" / "alexandria-random-1k.xyz"
 BASE_MODEL = ROOT / "data" / "base_model"
 TEST_FILES = ROOT / "tests" / "files"
+# MatterGen's nine published config.yaml files (../shared/README.md); their weights cannot be
+# downloaded here, so tests and benchmarks give them random ones
+MATTERGEN_CONFIGS = ROOT.parent / "shared" / "mattergen-configs"
+PUBLISHED_MODELS = ("mattergen_base", "mp_20_base", "chemical_system", "chemical_system_energy_above_hull",
+                    "dft_band_gap", "dft_mag_density", "dft_mag_density_hhi_score", "ml_bulk_modulus",
+                    "space_group")
 
 NACL_CIF = """data_NaCl
 _symmetry_space_group_name_H-M   'P 1'
@@ -70,6 +76,102 @@ def demo_structures(n: int, start: int = 0) -> list:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     return [AseAtomsAdaptor.get_structure(a) for a in small_demo_frames(n, start)]
+
+
+# Random weights of MatterGen's size give a cell score of ~1e-3 on samples of the prior, where
+# a trained model gives ~1 (the embedded one: 2-5); the sampler's Langevin corrector, whose step
+# grows as 1/|score|^2, then blows every cell up in its first step (crygen.generation.ScoreProbe
+# says so in one line). Scaling the cell-score output layers by this puts them at a trained
+# model's magnitude (2-4 on the prior), so the sampler can run on a random model.
+SAMPLEABLE_CELL_SCORE_SCALE = 3000.0
+# Even then random scores point nowhere: the reverse SDE's drift widens a cell's deviation from
+# the prior's mean by e^(0.5*integral of beta) unless the score pulls it back, ~150x from t=1
+# and every cell loses its neighbours within a few steps; from t=0.5 it is ~3.6x, so a random
+# model's sampling runs to the end (a test-only shortcut, like the coarser schedule).
+RANDOM_WEIGHTS_START_TIME = 0.5
+
+
+def published_model_dir(name: str, dest: Path, seed: int = 0, cell_score_scale: float = 1.0) -> Path:
+    """A MatterGen model dir with MatterGen's published ``config.yaml`` for ``name``, copied
+    unchanged, and a checkpoint of random weights for it (44.6 M parameters, ~171 MB), the
+    cell-score output layers scaled by ``cell_score_scale``."""
+    import shutil
+
+    import pytorch_lightning
+    import torch
+    from hydra.utils import instantiate
+
+    from crygen import mattergen_compat as mc
+
+    source = MATTERGEN_CONFIGS / name / "config.yaml"
+    if not source.is_file():
+        raise AssertionError(f"{source} missing: the published configs live in ../shared/mattergen-configs")
+    (dest / "checkpoints").mkdir(parents=True)
+    shutil.copy(source, dest / "config.yaml")
+    config = mc.load_model_config(dest)
+    mc.ensure_mattergen_files()
+    mc.register_properties(mc.model_properties(config))
+    torch.manual_seed(seed)
+    module = instantiate(config["lightning_module"])
+    with torch.no_grad():
+        for block in module.diffusion_module.model.gemnet.lattice_out_blocks:
+            block.out_forces.linear.weight.mul_(cell_score_scale)
+        # a published checkpoint carries its property scalers fitted to MatterGen's data; an
+        # unfitted one holds whatever torch.empty left (NaN embeddings)
+        for scaler in module.modules():
+            if type(scaler).__name__ == "StandardScalerTorch":
+                scaler.means.fill_(0.0)
+                scaler.stds.fill_(1.0)
+    torch.save({"state_dict": module.state_dict(), "pytorch-lightning_version": pytorch_lightning.__version__},
+               dest / "checkpoints" / "last.ckpt")
+    return dest
+
+
+def with_diffusion_steps(model_dir: Path, dest: Path, steps: int, start_time: float | None = None) -> Path:
+    """``model_dir`` sampled with ``steps`` reverse steps instead of its own (the checkpoint
+    linked, not copied): the same continuous-time denoiser, on a coarser schedule, so a test
+    runs the whole sampler in seconds. ``start_time``: denoise from there instead of t=1
+    (MatterGen's ``max_t``, through the dir's ``sampling_overrides``), for random weights
+    (see RANDOM_WEIGHTS_START_TIME)."""
+    import json
+
+    import yaml
+
+    from crygen import mattergen_compat as mc
+
+    (dest / "checkpoints").mkdir(parents=True)
+    (dest / "checkpoints" / "last.ckpt").symlink_to((model_dir / "checkpoints" / "last.ckpt").resolve())
+    info = mc.read_model_info(model_dir)
+    if start_time is not None:
+        info["sampling_overrides"] = [f"+sampler_partial.max_t={start_time}"]
+    if info:
+        (dest / mc.CRYGEN_MODEL_INFO).write_text(json.dumps(info, indent=2))
+    config = mc.load_model_config(model_dir)
+    d3pm = config["lightning_module"]["diffusion_module"]["corruption"]["discrete_corruptions"]["atomic_numbers"]
+    d3pm["d3pm"]["schedule"]["num_steps"] = steps
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+PROPS = "band_gap,solid_electrolyte"
+SOLID_ELECTROLYTE = ["yes", "no", "", "true", "0"]  # binary in every spelling, one missing
+
+
+def write_property_csv(path: Path, n: int = 30) -> Path:
+    """Demo crystals with a scalar (every 7th missing) and a binary property column."""
+    import csv
+
+    import numpy as np
+    from pymatgen.io.cif import CifWriter
+
+    rng = np.random.default_rng(0)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["material_id", "cif", "band_gap", "solid_electrolyte", "note"])
+        for i, s in enumerate(demo_structures(n)):
+            band_gap = "" if i % 7 == 3 else f"{rng.uniform(0, 4):.3f}"
+            writer.writerow([f"m{i}", str(CifWriter(s)), band_gap, SOLID_ELECTROLYTE[i % 5], ""])
+    return path
 
 
 def run_stage(name: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -14,33 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.helpers import BASE_MODEL, ROOT, demo_structures, demo_subset, error_line, run_stage
-
-PROPS = "band_gap,solid_electrolyte"
-SOLID_ELECTROLYTE = ["yes", "no", "", "true", "0"]  # binary in every spelling, one missing
-
-
-def write_property_csv(path, n: int = 30):
-    """Demo crystals with a scalar (every 7th missing) and a binary property column."""
-    from pymatgen.io.cif import CifWriter
-
-    rng = np.random.default_rng(0)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["material_id", "cif", "band_gap", "solid_electrolyte", "note"])
-        for i, s in enumerate(demo_structures(n)):
-            band_gap = "" if i % 7 == 3 else f"{rng.uniform(0, 4):.3f}"
-            writer.writerow([f"m{i}", str(CifWriter(s)), band_gap, SOLID_ELECTROLYTE[i % 5], ""])
-    return path
-
-
-@pytest.fixture(scope="module")
-def property_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("property_data")
-    data = write_property_csv(root / "props.csv")
-    run_stage("prepare_data", "--input", data, "--out", root / "data", "--properties", PROPS)
-    return root / "data"
-
+from tests.helpers import BASE_MODEL, PROPS, ROOT, demo_structures, demo_subset, error_line, run_stage, write_property_csv
 
 @pytest.fixture(scope="module")
 def conditioned_model(tmp_path_factory, property_data, fast_base_model):
@@ -184,8 +158,8 @@ def test_bad_conditions_are_one_line_errors(conditioned_model, fast_base_model, 
         assert message in line, line
     assert not (tmp_path / "model").exists() and not (tmp_path / "results").exists()
     proc = _generate(fast_base_model, fast_base_model, tmp_path, "--condition", "band_gap=1")
-    assert error_line(proc) == (f"generate: error: {fast_base_model}: CONDITION given, but the model was "
-                                "fine-tuned on no properties (set PROPERTIES)")
+    assert error_line(proc) == (f"generate: error: {fast_base_model}: CONDITION given, but the model is "
+                                "conditioned on no properties (fine-tune with PROPERTIES, or sample a conditioned model)")
 
 
 def test_finetune_property_errors(property_data, fast_base_model, tmp_path, small_dataset):
