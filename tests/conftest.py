@@ -11,7 +11,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 
-from tests.helpers import BASE_MODEL, DEMO_DATA, PROPS, demo_subset, run_stage, write_property_csv
+from tests.helpers import (BASE_MODEL, DEMO_DATA, PROPS, RANDOM_WEIGHTS_START_TIME, SAMPLEABLE_CELL_SCORE_SCALE,
+                           SAMPLING_STEPS, demo_subset, published_model_dir, run_stage, with_diffusion_steps,
+                           write_property_csv)
 
 TINY_DIFFUSION_STEPS = 10  # sampler N must equal it; keeps sampling tests to seconds
 
@@ -95,3 +97,26 @@ def fast_base_model(tmp_path_factory):
     d3pm["d3pm"]["schedule"]["num_steps"] = 25
     (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return dest
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory):
+    """name -> a model dir from MatterGen's published config.yaml, random weights of the real
+    size that the sampler can run on (tests/helpers.py: SAMPLEABLE_CELL_SCORE_SCALE), built once."""
+    root = tmp_path_factory.mktemp("published")
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = published_model_dir(name, root / name, cell_score_scale=SAMPLEABLE_CELL_SCORE_SCALE)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_size_model(tmp_path_factory, published):
+    """MatterGen's mattergen_base (512 wide, 4 blocks, 50 neighbours, cutoff 7), random weights,
+    sampled in the last half of a 10-step schedule."""
+    return with_diffusion_steps(published("mattergen_base"), tmp_path_factory.mktemp("real_size") / "model",
+                                SAMPLING_STEPS, start_time=RANDOM_WEIGHTS_START_TIME)

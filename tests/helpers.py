@@ -89,6 +89,7 @@ SAMPLEABLE_CELL_SCORE_SCALE = 3000.0
 # and every cell loses its neighbours within a few steps; from t=0.5 it is ~3.6x, so a random
 # model's sampling runs to the end (a test-only shortcut, like the coarser schedule).
 RANDOM_WEIGHTS_START_TIME = 0.5
+SAMPLING_STEPS = 10  # the schedule tests sample random real-size models on
 
 
 def published_model_dir(name: str, dest: Path, seed: int = 0, cell_score_scale: float = 1.0) -> Path:
@@ -182,6 +183,14 @@ def run_stage(name: str, *args: str, check: bool = True, env: dict | None = None
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``make -C ROOT args...`` as a user would type it."""
+    proc = subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"make {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 

@@ -55,29 +55,43 @@ def test_same_seed_same_structures(fast_base_model):
     assert a.structures[0].lattice.abc == pytest.approx(b.structures[0].lattice.abc)
 
 
-def test_a_diverging_batch_is_drawn_again(fast_base_model, monkeypatch):
-    """The first batch raises as GemNet does when a cell blows up; generation goes on."""
+def _sampler_failing_at_call(fail_at: int, message: str):
+    """crygen's sampler whose model raises, once, at its ``fail_at``-th call (from 1)."""
     real = generation._sampler
     calls = {"n": 0}
 
-    def flaky_sampler(*args, **kwargs):
+    def failing_sampler(*args, **kwargs):
         sampler = real(*args, **kwargs)
-        original = sampler.sample
+        score_fn = sampler._score_fn
 
-        def sample(*a, **k):
+        def score(x, t):
             calls["n"] += 1
-            if calls["n"] == 1:
-                raise RuntimeError("cannot reshape tensor of 0 elements (no neighbours)")
-            return original(*a, **k)
+            if calls["n"] == fail_at:
+                raise RuntimeError(message)
+            return score_fn(x, t)
 
-        sampler.sample = sample
+        sampler._score_fn = score
         return sampler
 
-    monkeypatch.setattr(generation, "_sampler", flaky_sampler)
+    return failing_sampler
+
+
+def test_a_diverging_batch_is_drawn_again(fast_base_model, monkeypatch):
+    """The first batch raises mid-way, as GemNet does when a cell blows up; generation goes on."""
+    message = "cannot reshape tensor of 0 elements (no neighbours)"
+    monkeypatch.setattr(generation, "_sampler", _sampler_failing_at_call(7, message))
     result = generation.generate(fast_base_model, 4, seed=1, batch_size=4, record_trajectories=False)
     assert len(result.structures) == 4
-    assert result.failed_batches == ["batch 1: RuntimeError: cannot reshape tensor of 0 elements (no neighbours)"]
+    assert result.failed_batches == [f"batch 1: RuntimeError: {message}"]
     assert result.batches_run == 3  # the failed batch of 4 was redrawn as two batches of 2
+
+
+def test_a_model_failing_in_its_first_step_is_not_drawn_again(fast_base_model, monkeypatch):
+    """Within the first denoising step only the model has acted on samples of the prior: no
+    seed or batch size can help, so generation stops at once with the reason."""
+    monkeypatch.setattr(generation, "_sampler", _sampler_failing_at_call(2, "no neighbours"))
+    with pytest.raises(generation.ModelFailure, match=r"fails in the first denoising step.*no neighbours"):
+        generation.generate(fast_base_model, 4, seed=1, batch_size=4, record_trajectories=False)
 
 
 def test_persistent_failure_writes_generation_failed(tmp_path, tiny_model):

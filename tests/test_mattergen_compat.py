@@ -159,13 +159,24 @@ def _sampler_calls(model_dir, n, seed, owner, name):
     return original, calls
 
 
-def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(fast_base_model, monkeypatch):
+@pytest.fixture(params=["embedded", "real_size"])
+def sampled(request):
+    """(model dir, crystals per run, denoiser calls per run, interaction blocks): the embedded
+    model (64 wide, 2 blocks, 12 neighbours, 25 steps) and MatterGen's real size (512 wide, 4
+    blocks, 50 neighbours, cutoff 7; random weights, 10 steps)."""
+    if request.param == "embedded":
+        return request.getfixturevalue("fast_base_model"), 12, 50, 2
+    return request.getfixturevalue("real_size_model"), 4, 20, 4
+
+
+def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(sampled, monkeypatch):
     """Every radius graph of a real sampling run, from noise to crystal: same edges, same
     order, same offsets and distances, bit for bit."""
     from mattergen.common.utils import data_utils
 
-    original, calls = _sampler_calls(fast_base_model, 12, 3, data_utils, "radius_graph_pbc_ocp")
-    assert len(calls) == 50
+    model, n, denoiser_calls, _ = sampled
+    original, calls = _sampler_calls(model, n, 3, data_utils, "radius_graph_pbc_ocp")
+    assert len(calls) == denoiser_calls
     for args, kwargs in calls:
         expected = original(*args, **kwargs)
         got = mc.radius_graph_pbc_ocp_per_pair_images(*args, **kwargs)
@@ -174,9 +185,9 @@ def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(fast_base_mod
     # sub-batches too, down to one structure (each needs fewer images than the batch's grid)
     for args, kwargs in calls[::10]:
         assert not args  # MatterGen passes them by name
-        for n in (1, 3):
-            first = int(kwargs["natoms"][:n].sum())
-            sub = dict(kwargs, pos=kwargs["pos"][:first], natoms=kwargs["natoms"][:n], cell=kwargs["cell"][:n])
+        for k in (1, 3):
+            first = int(kwargs["natoms"][:k].sum())
+            sub = dict(kwargs, pos=kwargs["pos"][:first], natoms=kwargs["natoms"][:k], cell=kwargs["cell"][:k])
             for e, g in zip(original(**sub), mc.radius_graph_pbc_ocp_per_pair_images(**sub)):
                 assert torch.equal(e, g)
     # and when big batches make it work through the pairs in chunks
@@ -186,7 +197,7 @@ def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(fast_base_mod
             assert torch.equal(e, g)
 
 
-def test_bilinear_in_one_product_is_as_exact_as_mattergens(fast_base_model):
+def test_bilinear_in_one_product_is_as_exact_as_mattergens(sampled):
     """Every call of GemNet's bilinear layer in a real sampling run, against the same layer in
     float64: crygen's one product, summed in another order, is within float32 rounding of the
     exact result, as MatterGen's own is (not bit-identical to MatterGen's, which is not on offer
@@ -194,8 +205,9 @@ def test_bilinear_in_one_product_is_as_exact_as_mattergens(fast_base_model):
     crystals with them)."""
     from mattergen.common.gemnet.layers.efficient import EfficientInteractionBilinear
 
-    original, calls = _sampler_calls(fast_base_model, 12, 3, EfficientInteractionBilinear, "forward")
-    assert len(calls) == 100  # 2 blocks x 50 denoiser calls
+    model, n, denoiser_calls, blocks = sampled
+    original, calls = _sampler_calls(model, n, 3, EfficientInteractionBilinear, "forward")
+    assert len(calls) == blocks * denoiser_calls
     errors = {"mattergen": [], "crygen": []}
     for (layer, basis, m, id_reduce, id_ragged_idx), _ in calls:
         with torch.no_grad():
@@ -219,15 +231,16 @@ def test_bilinear_in_one_product_is_as_exact_as_mattergens(fast_base_model):
     assert max(errors["crygen"]) < 2e-6  # 512-term sums: a few float32 ulps of the largest output
 
 
-def test_denoiser_scores_with_crygens_bilinear_match_mattergens(fast_base_model):
+def test_denoiser_scores_with_crygens_bilinear_match_mattergens(sampled):
     """The denoiser's scores at every step of a real sampling run, with MatterGen's bilinear layer
     and with crygen's: a wrong layer would change them at order one; they differ at 1e-5."""
     from mattergen.common.gemnet.layers.efficient import EfficientInteractionBilinear
     from mattergen.denoiser import GemNetTDenoiser
 
-    module = mc.load_lightning_module(fast_base_model)
-    _, calls = _sampler_calls(fast_base_model, 12, 3, GemNetTDenoiser, "forward")
-    assert len(calls) == 50
+    model, n, denoiser_calls, _ = sampled
+    module = mc.load_lightning_module(model)
+    _, calls = _sampler_calls(model, n, 3, GemNetTDenoiser, "forward")
+    assert len(calls) == denoiser_calls
     original = EfficientInteractionBilinear.forward
     worst = 0.0
     try:

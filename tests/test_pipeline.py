@@ -10,16 +10,9 @@ import zipfile
 import ase.io
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, make
 
 pytestmark = pytest.mark.slow
-
-
-def make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"make {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -17,26 +17,10 @@ import pytest
 import torch
 
 from crygen import mattergen_compat as mc
-from tests.helpers import (PROPS, PUBLISHED_MODELS, RANDOM_WEIGHTS_START_TIME, SAMPLEABLE_CELL_SCORE_SCALE, error_line,
-                           published_model_dir, run_stage, with_diffusion_steps)
+from tests.helpers import (PROPS, PUBLISHED_MODELS, RANDOM_WEIGHTS_START_TIME, SAMPLING_STEPS, demo_subset, error_line,
+                           make, published_model_dir, run_stage, with_diffusion_steps)
 
 pytestmark = pytest.mark.slow
-
-SAMPLING_STEPS = 10
-
-
-@pytest.fixture(scope="session")
-def published(tmp_path_factory):
-    """name -> a model dir from MatterGen's published config, random weights, built once."""
-    root = tmp_path_factory.mktemp("published")
-    built = {}
-
-    def get(name: str):
-        if name not in built:
-            built[name] = published_model_dir(name, root / name, cell_score_scale=SAMPLEABLE_CELL_SCORE_SCALE)
-        return built[name]
-
-    return get
 
 
 def a_condition(definitions: dict) -> str:
@@ -172,3 +156,51 @@ def test_a_model_that_cannot_be_sampled_is_one_line(tmp_path):
     assert "cell score on the prior is" in line and "untrained or random weights?" in line, line
     assert proc.stderr.count("generate: batch") == 1  # drawn once, not retried
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name,condition", [("chemical_system", "chemical_system=Li-Fe-O"),
+                                            ("space_group", "space_group=225")])
+def test_make_sample_generates_and_evaluates(name, condition, published, tmp_path):
+    """MatterGen's mattergen-generate + mattergen-evaluate in one command, on a conditioned model."""
+    model = with_diffusion_steps(published(name), tmp_path / name, SAMPLING_STEPS, start_time=RANDOM_WEIGHTS_START_TIME)
+    out = tmp_path / "run"
+    args = ["sample", f"MODEL={model}", "NUM_GEN=2", f"CONDITION={condition}", "GUIDANCE=1", f"OUT={out}", "RELAX=0"]
+    make(*args)
+    results = out / "results"
+    assert len(ase.io.read(results / "generated_crystals.extxyz", ":")) == 2
+    summary = json.loads((results / "metrics_summary.json").read_text())
+    assert summary["count"] == 2 and summary["condition"][name]["target"] is not None
+    assert json.loads((results / "generation.json").read_text())["condition"]
+    assert "generate.py" not in make(*args).stdout  # complete: a second run does nothing
+    crystals = (results / "generated_crystals.extxyz").read_bytes()
+    proc = make(*args[:3], "CONDITION=band_gap=1", *args[4:], check=False)
+    assert proc.returncode != 0
+    assert error_line(proc).endswith(f"CONDITION: the model was not trained on 'band_gap'; it knows {name} ("
+                                     f"{'elements like Li-Fe-O' if name == 'chemical_system' else 'a space-group number 1..230 or symbol'})")
+    assert "Traceback" not in proc.stderr
+    assert (results / "generated_crystals.extxyz").read_bytes() == crystals  # nothing overwritten
+
+
+def test_make_pipeline_on_a_mattergen_base_shaped_dir(published, tmp_path):
+    """The issue's command: fine-tune, validate, generate, evaluate, summarise on the real size."""
+    base = with_diffusion_steps(published("mattergen_base"), tmp_path / "base", SAMPLING_STEPS,
+                                start_time=RANDOM_WEIGHTS_START_TIME)
+    data = demo_subset(tmp_path / "demo.extxyz", 24)
+    out = tmp_path / "run"
+    make("pipeline", f"BASE_MODEL={base}", f"DATA={data}", "EPOCHS=1", "NUM_GEN=1", f"OUT={out}", "RELAX=0")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["generation_eval"]["count"] == 1
+    assert math.isfinite(summary["metrics"]["delta"]["loss"])
+
+
+def test_make_pipeline_on_unsampleable_weights_fails_in_one_line(tmp_path):
+    """Random weights as they come cannot be sampled (test_a_model_that_cannot_be_sampled_is_one_line):
+    the pipeline fine-tunes and validates, then stops at generate with that one line."""
+    base = published_model_dir("mattergen_base", tmp_path / "raw")
+    data = demo_subset(tmp_path / "demo.extxyz", 12)
+    out = tmp_path / "run"
+    proc = make("pipeline", f"BASE_MODEL={base}", f"DATA={data}", "EPOCHS=1", "NUM_GEN=1", f"OUT={out}", check=False)
+    assert proc.returncode != 0
+    assert "generation failed: ModelFailure: the model fails in the first denoising step" in error_line(proc)
+    assert "Traceback" not in proc.stderr
+    assert (out / "evaluation" / "metrics.json").is_file() and not (out / "summary.json").exists()
