@@ -115,8 +115,8 @@ ifneq ($(STAMPED_GOALS),)
 _stamps := $(foreach s,prepare finetune validate generate evaluate,$(call write_stamp,$(STAMP)/$(s),$(STAMP_$(s))))
 endif
 ifneq ($(filter sample,$(MAKECMDGOALS)),)
-_stamps += $(call write_stamp,$(SAMPLE_OUT)/.stamps/sample,$(MODEL) $(STAMP_generate))
-_stamps += $(call write_stamp,$(SAMPLE_OUT)/.stamps/evaluate,$(STAMP_evaluate))
+_sample_stamps := $(call write_stamp,$(SAMPLE_OUT)/.stamps/sample,$(MODEL) $(STAMP_generate)) \
+  $(call write_stamp,$(SAMPLE_OUT)/.stamps/evaluate,$(STAMP_evaluate))
 endif
 
 # ---------------------------------------------------------------- pipeline stages

@@ -195,8 +195,9 @@ def make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
-    """The last non-empty stderr line: where a stage states its one-line error."""
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    """The last non-empty stderr line that is not make's: where a stage states its one-line
+    error (make then adds its own `make: *** [target] Error 2`)."""
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("make")]
     return lines[-1] if lines else ""
 
 
