@@ -36,27 +36,41 @@ class GenerationResult:
     seconds: float = 0.0
 
 
+# Peak memory per structure in a sampling batch, measured (tests/bench_models.py, peak RSS
+# against batch size on CPU, structures drawn from MatterGen's atom-count distribution): 2.0 MB
+# for the embedded model (64 wide, 12 neighbours), 24-35 MB for MatterGen's real size (512 wide,
+# 50 neighbours: batches of 1, 8, 24 peaked at 0.99, 1.15, 1.71 GB). Both lie on
+# MB = 1.1 + 0.87 * (edge width / 64) * (neighbours / 12): edges and their embeddings dominate.
+# Twice that is budgeted, for cells of the largest atom counts.
+_MB_FIXED, _MB_PER_EDGE_UNIT, _MEMORY_MARGIN = 1.1, 0.87, 2.0
+
+
+def structure_memory_mb(model_config: dict[str, Any]) -> float:
+    """The memory budgeted per structure in a sampling batch of this model (CPU or GPU)."""
+    gem = model_config["lightning_module"]["diffusion_module"]["model"]["gemnet"]
+    edge_units = gem.get("emb_size_edge", 512) / 64.0 * gem.get("max_neighbors", 50) / 12.0
+    return _MEMORY_MARGIN * (_MB_FIXED + _MB_PER_EDGE_UNIT * edge_units)
+
+
 def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> int:
     """Largest batch the memory at hand allows, capped by what is asked for.
 
-    Memory per structure grows with the width of the model and the neighbours per atom; for
-    the embedded model (width 64, 12 neighbours) the estimate, 3.8 MB per structure in the
-    batch, is about twice what tests/bench_pipeline.py measures (2.0 MB), a margin for bigger
-    cells. On CPU a bigger batch saves only the fixed cost of each sampler step (Python and op
-    dispatch, about 7 ms of GemNet's 11 ms per step at batch 4); per-crystal compute decides
-    the rest, and crygen's radius graph, bilinear layer and memory reuse (mattergen_compat,
-    keep_freed_memory) cut it by about 30 %. End to end on two cores, batches of 64 or 128
-    sample 3.2x as many crystals per minute as batches of 4 (tests/bench_pipeline.py,
-    alternating runs; 2.1x without those speed-ups). GPUs gain more.
+    The budget per structure is :func:`structure_memory_mb` (measured on both model sizes);
+    on a GPU the batch may take 60 % of the free device memory, on a CPU 40 % of the
+    available RAM. On CPU a bigger batch saves only the fixed cost of each sampler step
+    (Python and op dispatch, about 7 ms of GemNet's 11 ms per step at batch 4 for the embedded
+    model); per-crystal compute decides the rest, and crygen's radius graph, bilinear layer
+    and memory reuse (mattergen_compat, keep_freed_memory) cut it by about 30 %. End to end on
+    two cores, batches of 64 or 128 sample 3.2x as many crystals per minute as batches of 4
+    with the embedded model (tests/bench_pipeline.py, alternating runs; 2.1x without those
+    speed-ups). At MatterGen's real size a CPU is compute-bound from the first structure
+    (README, "MatterGen's own models"); GPUs gain more.
     """
-    gem = model_config["lightning_module"]["diffusion_module"]["model"]["gemnet"]
-    width = gem.get("emb_size_edge", 512) / 64.0
-    neighbours = gem.get("max_neighbors", 50) / 20.0
-    per_structure_mb = 4.0 * width * neighbours * (1 + neighbours)
+    per_structure_mb = structure_memory_mb(model_config)
     if device.startswith("cuda"):
         import torch
 
-        free, _ = torch.cuda.mem_get_info()
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
         cap = int(0.6 * free / 2**20 / per_structure_mb)
     else:
         import psutil

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import zlib
 
+# tests run on the CPU; the DEVICE=cuda tests (test_cuda.py) hand the GPUs back to their
+# subprocesses (helpers.gpu_env)
+os.environ.setdefault("CRYGEN_USER_CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

@@ -176,14 +176,30 @@ def write_property_csv(path: Path, n: int = 30) -> Path:
 
 
 def run_stage(name: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``stages/<name>.py`` as a user would, in a subprocess."""
+    """Run ``stages/<name>.py`` as a user would, in a subprocess (``env``: variables to set,
+    None to unset)."""
+    merged = {**os.environ, **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(STAGES / f"{name}.py"), *map(str, args)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, env={k: v for k, v in merged.items() if v is not None},
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def gpu_env() -> dict:
+    """The environment for a subprocess that may use the GPUs the tests' own process hides."""
+    user = os.environ.get("CRYGEN_USER_CUDA_VISIBLE_DEVICES", "<unset>")
+    return {"CUDA_VISIBLE_DEVICES": None if user == "<unset>" else user}
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device once the tests hand the GPUs back (asked in a subprocess)."""
+    env = {**os.environ, **gpu_env()}
+    proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                          capture_output=True, text=True, env={k: v for k, v in env.items() if v is not None})
+    return proc.stdout.strip() == "True"
 
 
 def make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
