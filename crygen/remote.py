@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 from crygen.fileio import CrygenError, atomic_path, one_line, read_json, sha256_file, sha256_files, sha256_tree, write_json
+from crygen.model_source import PUBLISHED_MODELS
 
 PROJECT = Path(__file__).resolve().parent.parent
 PROFILES = PROJECT / "remote" / "profiles"
@@ -40,8 +41,11 @@ SKIPPED = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")
 
 # Variables that name a file or folder. A local one travels (once per content, see
 # ``input_cache``); ``remote:<path>`` or the profile's ``paths`` name one already there.
-PATH_VARS = ("DATA", "BASE_MODEL", "RESULTS", "REFERENCE", "POTENTIAL", "REFERENCE_DATA")
-KEYWORDS = {"REFERENCE": {"default"}, "POTENTIAL": {"chgnet", "mattersim"}}
+PATH_VARS = ("DATA", "BASE_MODEL", "MODEL", "RESULTS", "REFERENCE", "POTENTIAL", "REFERENCE_DATA")
+# names, not paths, where no file or folder of that name is here: a published MatterGen model
+# travels as its name and is found (or downloaded) on the remote side, as crygen.model_source does
+KEYWORDS = {"REFERENCE": {"default"}, "POTENTIAL": {"chgnet", "mattersim"}, "BASE_MODEL": set(PUBLISHED_MODELS),
+            "MODEL": set(PUBLISHED_MODELS)}
 REMOTE_PREFIX = "remote:"
 # Set for the job by crygen: the run folder is the job's own, the environment the profile's.
 JOB_OWNED_VARS = {"OUT", "EVAL_OUT", "VENV", "PYTHON", "PY", "ENV_READY", "SHELL"}
@@ -284,7 +288,7 @@ def resolve_inputs(variables: dict[str, str], settings: dict, cached: Callable[[
             inputs.append(Input(var, value, "remote", remote_paths[var]))
         elif value.startswith(REMOTE_PREFIX):
             inputs.append(Input(var, value, "remote", value[len(REMOTE_PREFIX):]))
-        elif value in KEYWORDS.get(var, ()):
+        elif value in KEYWORDS.get(var, ()) and not Path(value).expanduser().exists():
             continue
         else:
             path = Path(value).expanduser()

@@ -55,7 +55,7 @@ mount = -v $(abspath $(1)):$(call in_image,$(1))
 # The run folder and EVAL_OUT are made here first, so they belong to the caller; the inputs
 # given on the command line are mounted when they exist (a missing one is the stage's error).
 DOCKER_OUTPUTS = $(OUT) $(if $(EVAL_OUT),$(EVAL_OUT))
-DOCKER_INPUTS  = $(foreach v,DATA BASE_MODEL RESULTS REFERENCE_DATA REFERENCE,\
+DOCKER_INPUTS  = $(foreach v,DATA BASE_MODEL MODEL RESULTS REFERENCE_DATA REFERENCE,\
   $(if $(filter command line,$(origin $v)),$(wildcard $($v))))
 DOCKER_MOUNTS  = $(strip $(foreach p,$(DOCKER_OUTPUTS) $(DOCKER_INPUTS),$(call mount,$p)))
 # The caller's command-line variables, except those that choose how and where to run.

@@ -71,6 +71,7 @@ def test_published_model_finetunes_validates_and_samples(name, published, small_
     assert len(ase.io.read(out / "generated_crystals.extxyz", ":")) == 2
     generation = json.loads((out / "generation.json").read_text())
     assert generation["failed_batches"] == [] and generation["num_generated"] == 2
+    assert generation["sampling_overrides"] == [f"+sampler_partial.max_t={RANDOM_WEIGHTS_START_TIME}"]
     if condition:
         assert set(generation["condition"]) == set(definitions)
 

@@ -279,3 +279,16 @@ def test_slurm_over_ssh_submit_status_fetch(daemons, tmp_path):
     slurm, _ = daemons  # Slurm itself ran it: its job table holds a job in that submission's folder
     jobs = subprocess.run(["scontrol", "-o", "show", "jobs"], capture_output=True, text=True, env=slurm.env).stdout
     assert f"WorkDir={tmp_path / 'slurm-root'}" in jobs and "JobState=COMPLETED" in jobs
+
+
+def test_a_published_model_name_travels_as_a_name(tmp_path, monkeypatch):
+    """BASE_MODEL=mattergen_base is found in the remote side's Hugging Face cache, not uploaded;
+    a folder of that name here is a folder, and travels."""
+    from crygen.remote import resolve_inputs
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_inputs({"BASE_MODEL": "mattergen_base", "MODEL": "chemical_system"}, {}, lambda d: False) == []
+    (tmp_path / "mattergen_base").mkdir()
+    (tmp_path / "mattergen_base" / "config.yaml").write_text("lightning_module: {}\n")
+    inputs = resolve_inputs({"BASE_MODEL": "mattergen_base"}, {}, lambda d: False)
+    assert [(i.var, i.how) for i in inputs] == [("BASE_MODEL", "upload")]
