@@ -23,6 +23,11 @@ from crygen.fileio import one_line
 
 TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
 CPU_MAX_BATCH = 256  # beyond this a CPU gains no throughput
+# On a CPU a batch whose budgeted memory (structure_memory_mb each) passes this samples each
+# crystal more slowly, its working set far out of cache: at MatterGen's real size batches of 8
+# and 16 took 0.30 and 0.31 s per crystal and step, 64 took 0.49-0.51 (budgets 0.5, 1.0, 3.9 GB;
+# tests/bench_models.py, alternating runs); the embedded model gained up to 128 (0.5 GB).
+CPU_BATCH_MEMORY_MB = 1024
 
 
 @dataclass
@@ -57,9 +62,10 @@ def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> 
 
     The budget per structure is :func:`structure_memory_mb` (measured on both model sizes);
     on a GPU the batch may take 60 % of the free device memory, on a CPU 40 % of the
-    available RAM. On CPU a bigger batch saves only the fixed cost of each sampler step
-    (Python and op dispatch, about 7 ms of GemNet's 11 ms per step at batch 4 for the embedded
-    model); per-crystal compute decides the rest, and crygen's radius graph, bilinear layer
+    available RAM and at most CPU_BATCH_MEMORY_MB (MatterGen's real size: batches of 16,
+    1.6x the crystals per minute of 64). On CPU a bigger batch saves only the fixed cost of
+    each sampler step (Python and op dispatch, about 7 ms of GemNet's 11 ms per step at batch
+    4 for the embedded model); per-crystal compute decides the rest, and crygen's radius graph, bilinear layer
     and memory reuse (mattergen_compat, keep_freed_memory) cut it by about 30 %. End to end on
     two cores, batches of 64 or 128 sample 3.2x as many crystals per minute as batches of 4
     with the embedded model (tests/bench_pipeline.py, alternating runs; 2.1x without those
@@ -75,7 +81,8 @@ def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> 
     else:
         import psutil
 
-        cap = min(CPU_MAX_BATCH, int(0.4 * psutil.virtual_memory().available / 2**20 / per_structure_mb))
+        cap = min(CPU_MAX_BATCH, int(CPU_BATCH_MEMORY_MB / per_structure_mb),
+                  int(0.4 * psutil.virtual_memory().available / 2**20 / per_structure_mb))
     cap = max(1, cap)
     # Balance: the fewest batches that fit, then spread NUM_GEN evenly over them.
     n_batches = math.ceil(num_gen / cap)
