@@ -115,6 +115,9 @@ ifneq ($(STAMPED_GOALS),)
 _stamps := $(foreach s,prepare finetune validate generate evaluate,$(call write_stamp,$(STAMP)/$(s),$(STAMP_$(s))))
 endif
 ifneq ($(filter sample,$(MAKECMDGOALS)),)
+ifeq ($(strip $(MODEL)),)
+$(error make sample needs MODEL=<model dir or published MatterGen model name, e.g. chemical_system>)
+endif
 _sample_stamps := $(call write_stamp,$(SAMPLE_OUT)/.stamps/sample,$(MODEL) $(STAMP_generate)) \
   $(call write_stamp,$(SAMPLE_OUT)/.stamps/evaluate,$(STAMP_evaluate))
 endif
@@ -153,7 +156,6 @@ sample: $(SAMPLE_OUT)/results/metrics_summary.json ## NUM_GEN crystals from MODE
 	@echo "sample: $(SAMPLE_OUT)/results"
 
 $(SAMPLE_OUT)/results/generated_crystals.extxyz: $(wildcard $(MODEL)/checkpoints/last.ckpt) $(SAMPLE_OUT)/.stamps/sample | $(SETUP)
-	$(if $(strip $(MODEL)),,$(error make sample needs MODEL=<model dir or published MatterGen model name>))
 	$(PY) stages/generate.py --model '$(MODEL)' --out $(SAMPLE_OUT)/results \
 	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
 	  --condition '$(CONDITION)' --guidance $(GUIDANCE)

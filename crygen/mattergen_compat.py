@@ -9,12 +9,16 @@ provides them, written for crygen:
 * :func:`model_config` / :func:`data_module_config` build MatterGen configs (the same
   ``_target_`` classes and keys as MatterGen's own ``config.yaml``), so the model dirs crygen
   writes load in MatterGen's ``MatterGenCheckpointInfo`` / ``CrystalGenerator`` and MatterGen's
-  own model dirs load in crygen unchanged.
+  own model dirs load in crygen (:func:`load_model_config` adapts a published config to the
+  pinned stack when it is read: ``crygen.config_adaptations``; :func:`check_model_dir`
+  resolves a published model's name: ``crygen.model_source``).
 * ``crygen/sampling_conf/default.yaml`` is the predictor-corrector sampling config;
   :func:`sampling_overrides` sets its step count to the model's D3PM step count, which
   MatterGen's sampler requires.
 * :func:`adapter_config` / :func:`register_properties`: property conditioning on any
-  property name, where MatterGen accepts only those in its hard-coded list.
+  property name, where MatterGen accepts only those in its hard-coded list, added to a base
+  that may already be conditioned; :func:`model_property_definitions` says what conditions a
+  model dir takes, MatterGen's published ones included.
 """
 
 from __future__ import annotations

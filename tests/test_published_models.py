@@ -56,6 +56,11 @@ def test_published_model_finetunes_validates_and_samples(name, published, small_
     before, after = state(base), state(ft)
     assert set(before) == set(after)  # the same architecture, conditions included
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the dir crygen wrote loads in MatterGen's own generator, on this stack
+    from mattergen.generator import CrystalGenerator
+
+    loaded = CrystalGenerator(checkpoint_info=mc.checkpoint_info(ft)).model.state_dict()
+    assert all(torch.equal(loaded[k], after[k]) for k in after)
 
     metrics_file = tmp_path / "metrics.json"
     run_stage("validate", "--base-model", base, "--finetuned-model", ft, "--data", small_dataset,
@@ -205,3 +210,10 @@ def test_make_pipeline_on_unsampleable_weights_fails_in_one_line(tmp_path):
     assert "generation failed: ModelFailure: the model fails in the first denoising step" in error_line(proc)
     assert "Traceback" not in proc.stderr
     assert (out / "evaluation" / "metrics.json").is_file() and not (out / "summary.json").exists()
+
+
+def test_make_sample_without_a_model_is_one_line(tmp_path):
+    proc = make("sample", "NUM_GEN=1", f"OUT={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2
+    assert "make sample needs MODEL=<model dir or published MatterGen model name" in error_line(proc)
+    assert not (tmp_path / "run").exists()
