@@ -49,13 +49,11 @@ def cached_model_dir(name: str, cache: Path | None = None) -> Path | None:
 
 
 def download_model_dir(name: str) -> Path:
-    """``checkpoints/<name>/`` of MatterGen's repository into the cache (as MatterGen's
-    ``MatterGenCheckpointInfo.from_hf_hub`` fetches it)."""
-    from huggingface_hub import snapshot_download
+    """The two files MatterGen's ``MatterGenCheckpointInfo.from_hf_hub`` fetches, into the cache."""
+    from huggingface_hub import hf_hub_download
 
-    snapshot = snapshot_download(HF_REPOSITORY, allow_patterns=[f"checkpoints/{name}/*",
-                                                                f"checkpoints/{name}/checkpoints/*"])
-    return Path(snapshot) / "checkpoints" / name
+    hf_hub_download(repo_id=HF_REPOSITORY, filename=f"checkpoints/{name}/checkpoints/last.ckpt")
+    return Path(hf_hub_download(repo_id=HF_REPOSITORY, filename=f"checkpoints/{name}/config.yaml")).parent
 
 
 def is_published_name(spec: str | os.PathLike) -> bool:
