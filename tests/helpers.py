@@ -178,14 +178,19 @@ def write_property_csv(path: Path, n: int = 30) -> Path:
 def run_stage(name: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``stages/<name>.py`` as a user would, in a subprocess (``env``: variables to set,
     None to unset)."""
-    merged = {**os.environ, **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(STAGES / f"{name}.py"), *map(str, args)],
-        capture_output=True, text=True, env={k: v for k, v in merged.items() if v is not None},
+        capture_output=True, text=True, env=subprocess_env(env),
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def subprocess_env(changes: dict | None = None) -> dict:
+    """This process's environment with ``changes``: a value sets a variable, None unsets it."""
+    merged = {**os.environ, **(changes or {})}
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 def gpu_env() -> dict:
@@ -196,9 +201,8 @@ def gpu_env() -> dict:
 
 def cuda_available() -> bool:
     """Whether torch sees a CUDA device once the tests hand the GPUs back (asked in a subprocess)."""
-    env = {**os.environ, **gpu_env()}
     proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                          capture_output=True, text=True, env={k: v for k, v in env.items() if v is not None})
+                          capture_output=True, text=True, env=subprocess_env(gpu_env()))
     return proc.stdout.strip() == "True"
 
 

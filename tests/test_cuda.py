@@ -6,13 +6,12 @@ bit-identical to MatterGen's on GPU tensors. Each runs in a subprocess that sees
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ROOT, cuda_available, gpu_env, run_stage
+from tests.helpers import ROOT, cuda_available, gpu_env, run_stage, subprocess_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -22,9 +21,8 @@ pytestmark = [
 
 
 def run_python(code: str, *args) -> dict:
-    env = {**os.environ, **gpu_env(), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          env={k: v for k, v in env.items() if v is not None}, cwd=ROOT)
+                          env=subprocess_env({**gpu_env(), "PYTHONPATH": str(ROOT)}), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
