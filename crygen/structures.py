@@ -91,8 +91,9 @@ def _read_csv(path: Path) -> list[Entry]:
         raise CrygenError(path, "CSV has a header but no rows")
     prop_cols = [c for c in df.columns if c not in ("material_id", "cif", "split")]
     entries = []
-    for row in df.itertuples(index=False):
-        row = row._asdict()
+    # as dicts keyed by the header itself: itertuples renames columns that are not Python
+    # identifiers ('band gap', 'e-hull', '_note'), and the lookups below then fail
+    for row in df.to_dict("records"):
         entry = _parse_cif(str(row["cif"]), str(row["material_id"]), source=f"row {row['material_id']}")
         entry.properties = {c: row[c] for c in prop_cols}
         if "split" in df.columns and isinstance(row["split"], str):

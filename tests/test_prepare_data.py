@@ -66,6 +66,20 @@ def test_existing_splits_are_kept(tmp_path):
     assert np.load(tmp_path / "ds" / "val" / "structure_id.npy").tolist() == ["nacl"]
 
 
+def test_csv_columns_that_are_not_python_names(tmp_path):
+    """Ordinary headers such as 'band gap', 'e-hull' or '_note' are columns like any other
+    (issue 15, item 1): kept without PROPERTIES, and usable as a property."""
+    rows = [(*g, gap, hull, "x") for g, gap, hull in zip(GOOD, ("1.5", "0.2", "4.0"), ("0.0", "0.1", "0.3"))]
+    src = write_csv(tmp_path / "in.csv", rows, ["band gap", "e-hull", "_note"])
+    run_stage("prepare_data", "--input", src, "--out", tmp_path / "plain", "--val-fraction", 0.34)
+    assert json.loads((tmp_path / "plain" / "dataset.json").read_text())["n_train"] == 2
+    run_stage("prepare_data", "--input", src, "--out", tmp_path / "props", "--val-fraction", 0.34,
+              "--properties", "band gap,e-hull")
+    definitions = json.loads((tmp_path / "props" / "properties.json").read_text())
+    assert definitions["band gap"]["kind"] == "float" and definitions["band gap"]["max"] == 4.0
+    assert definitions["e-hull"]["min"] == 0.0
+
+
 def test_folder_of_cifs(tmp_path):
     folder = tmp_path / "cifs"
     folder.mkdir()
