@@ -38,6 +38,7 @@ class GenerationResult:
     batches_run: int = 0
     failed_batches: list = field(default_factory=list)  # error messages
     discarded: int = 0  # structures dropped for a non-finite or collapsed cell
+    sampling_overrides: list = field(default_factory=list)  # the model dir's own (crygen_model.json)
     seconds: float = 0.0
 
 
@@ -203,9 +204,11 @@ def generate(
         dist_name = mc.register_num_atoms_distribution(f"crygen:{model_dir}", info["num_atoms_distribution"])
     mc.install_sampling_speedups()  # less time per step; mattergen_compat says how close to MatterGen's
     keep_freed_memory()
-    sampler = _sampler(module, config, guidance, info.get("sampling_overrides", []))
+    overrides = list(info.get("sampling_overrides", []))
+    sampler = _sampler(module, config, guidance, overrides)
     probe = ScoreProbe(sampler)
-    result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device))
+    result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device),
+                              sampling_overrides=overrides)
     start = time.time()
     attempt = 0
     shrink = 1  # after a failed batch, smaller batches isolate the diverging sample

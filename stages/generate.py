@@ -95,8 +95,7 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
         "model_dir": str(Path(model_dir).resolve()),
         **({"condition": target, "guidance": guidance} if target else {}),
         # a model dir's own sampling settings (crygen_model.json), which change what is drawn
-        **({"sampling_overrides": overrides} if (overrides := mc.read_model_info(model_dir).get("sampling_overrides"))
-           else {}),
+        **({"sampling_overrides": result.sampling_overrides} if result.sampling_overrides else {}),
     })
     click.echo(f"generate: {len(result.structures)} structures in {result.seconds:.0f} s "
                f"(batch {result.batch_size}) -> {out}")

@@ -66,24 +66,22 @@ print(json.dumps({"batch_size": batch, "steps": steps, "seconds_per_step": stati
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
-SAMPLE_PROBE = """
-import json, resource, sys
-from pathlib import Path
-from crygen.generation import generate
-r = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=0, batch_size=int(sys.argv[2]), record_trajectories=False,
-             log=lambda m: None)
-print(json.dumps({"n": len(r.structures), "seconds": r.seconds, "failed_batches": r.failed_batches,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+PROBE_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
 
 
 def probe(code: str, *args) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env=env)
+                          env=PROBE_ENV)
     if proc.returncode:
         raise SystemExit(f"probe failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sample(model_dir: Path, batch: int) -> dict:
+    """``batch`` crystals in one batch, in a process of its own (tests/bench_pipeline.py's probe)."""
+    from tests.bench_pipeline import run_generation_probe
+
+    return run_generation_probe(model_dir, batch, batch, env=PROBE_ENV)
 
 
 def models(tmp: Path, which: list[str]) -> dict:
@@ -130,7 +128,7 @@ def main(which: str, train_steps: int, num_gen: int, sample_steps: int, full_sam
             row["finetune"] = probe(TRAIN_PROBE, model, data, 8, train_steps)
             batch = auto_batch_size(num_gen, mc.load_model_config(model), "cpu")
             short = with_diffusion_steps(model, tmp / f"{name}-short", sample_steps, start_time=start)
-            run = probe(SAMPLE_PROBE, short, batch)
+            run = sample(short, batch)
             per_step = run["seconds"] / sample_steps
             row["sampling"] = {"num_gen": num_gen, "automatic_batch": batch, "steps_timed": sample_steps,
                                "seconds_per_step": round(per_step, 3),
@@ -138,7 +136,7 @@ def main(which: str, train_steps: int, num_gen: int, sample_steps: int, full_sam
                                "peak_rss_mb": round(run["peak_rss_mb"]), "failed_batches": run["failed_batches"]}
             if full_sample and name == "real":
                 whole = with_diffusion_steps(model, tmp / f"{name}-whole", schedule, start_time=start)
-                run = probe(SAMPLE_PROBE, whole, 1)
+                run = sample(whole, 1)
                 row["one_crystal_full_schedule"] = {"seconds": round(run["seconds"], 1),
                                                     "peak_rss_mb": round(run["peak_rss_mb"]),
                                                     "failed_batches": run["failed_batches"]}

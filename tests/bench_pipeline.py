@@ -55,15 +55,23 @@ def time_pipeline(out: Path) -> dict:
     return {"total_wall_s": round(total, 1), "second_run_wall_s": round(time.time() - start, 2), "stages": stages}
 
 
+# crygen's generation in a process of its own: model dir, NUM_GEN, batch size -> JSON (also
+# used by tests/bench_models.py and the memory-budget test)
 GENERATION_PROBE = """
 import json, resource, sys
 from pathlib import Path
 from crygen.generation import generate
 r = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=0, batch_size=int(sys.argv[3]),
              record_trajectories=False, log=lambda m: None)
-print(json.dumps({"n": len(r.structures), "seconds": r.seconds,
+print(json.dumps({"n": len(r.structures), "seconds": r.seconds, "failed_batches": r.failed_batches,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+def run_generation_probe(model_dir: Path, num_gen: int, batch: int, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
+                          check=True, capture_output=True, text=True, cwd=ROOT, env=env)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def time_generation(model_dir: Path, num_gen: int, repeats: int) -> dict:
@@ -77,9 +85,7 @@ def time_generation(model_dir: Path, num_gen: int, repeats: int) -> dict:
     runs = {label: [] for label in batches}
     for _ in range(repeats):
         for label, batch in batches.items():
-            proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
-                                  check=True, capture_output=True, text=True, cwd=ROOT)
-            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs[label].append(run_generation_probe(model_dir, num_gen, batch))
     rows = {}
     for label, batch in batches.items():
         seconds = [r["seconds"] for r in runs[label]]

@@ -149,34 +149,19 @@ def test_auto_batch_size_on_cpu_keeps_the_real_size_in_cache():
     assert generation.auto_batch_size(128, mc.load_model_config(BASE_MODEL), "cpu") == 128
 
 
-MEMORY_PROBE = """
-import json, resource, sys
-from pathlib import Path
-from crygen.generation import generate
-generate(Path(sys.argv[1]), int(sys.argv[2]), seed=0, batch_size=int(sys.argv[2]), record_trajectories=False,
-         log=lambda m: None)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-"""
-
-
 @pytest.mark.slow
 def test_the_memory_budget_per_structure_covers_the_real_size(published, tmp_path):
     """Peak memory of sampling batches of 1 and 9 at MatterGen's real size (3 steps), each in
     its own process: what each added structure cost is within what auto_batch_size budgets."""
-    import json
-    import subprocess
-    import sys
-
     from crygen import mattergen_compat as mc
-    from tests.helpers import RANDOM_WEIGHTS_START_TIME, ROOT, with_diffusion_steps
+    from tests.bench_pipeline import run_generation_probe
+    from tests.helpers import RANDOM_WEIGHTS_START_TIME, with_diffusion_steps
 
     real_size_model = with_diffusion_steps(published("mattergen_base"), tmp_path / "model", 3,
                                            start_time=RANDOM_WEIGHTS_START_TIME)
 
     def peak_mb(batch: int) -> float:
-        proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(real_size_model), str(batch)],
-                              capture_output=True, text=True, cwd=ROOT, check=True)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return run_generation_probe(real_size_model, batch, batch)["peak_rss_mb"]
 
     per_structure = (peak_mb(9) - peak_mb(1)) / 8
     budget = generation.structure_memory_mb(mc.load_model_config(real_size_model))
