@@ -49,6 +49,11 @@ def stage(name: str) -> Callable:
     return wrap
 
 
+def say(message: str) -> None:
+    """A line for the person at the terminal (a stage event, a result); library output is not."""
+    click.echo(message, err=True)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process and its finished children, in MB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

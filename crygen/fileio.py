@@ -57,9 +57,32 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def dumps_json(data: Any, indent: int | None = 2) -> str:
+    """Strict JSON: NaN or Infinity anywhere is an error here, never a file others cannot parse."""
+    try:
+        return json.dumps(data, indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"{e}: {_non_finite_paths(data)}") from None
+
+
+def _non_finite_paths(data: Any, at: str = "") -> list[str]:
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        return [at or "<root>"]
+    if hasattr(data, "tolist") and not isinstance(data, (str, bytes)):
+        data = data.tolist()
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _non_finite_paths(v, f"{at}.{k}" if at else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [p for i, v in enumerate(data) for p in _non_finite_paths(v, f"{at}[{i}]")]
+    return []
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    text = dumps_json(data) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(text)
 
 
 def _json_default(obj: Any) -> Any:

@@ -31,7 +31,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-from crygen.fileio import CrygenError, atomic_path
+from crygen.fileio import CrygenError, atomic_path, dumps_json
 
 SAMPLING_CONFIG_DIR = Path(__file__).resolve().parent / "sampling_conf"
 
@@ -383,7 +383,7 @@ def write_model_dir(
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         shutil.copy2(checkpoint, tmp / "checkpoints" / "last.ckpt")
         if info is not None:
-            (tmp / CRYGEN_MODEL_INFO).write_text(json.dumps(info, indent=2))
+            (tmp / CRYGEN_MODEL_INFO).write_text(dumps_json(info))
     return dest
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from crygen.cli import stage
-from crygen.fileio import CrygenError, atomic_path, sha256_tree, write_json
+from crygen.fileio import CrygenError, atomic_path, dumps_json, sha256_tree, write_json
 from crygen.structures import (
     MAX_ATOMS_DEFAULT,
     MIN_DISTANCE_DEFAULT,
@@ -94,7 +94,7 @@ def main(input_path: Path, out: Path, val_fraction: float, seed: int, max_atoms:
             write_json(tmp / "properties.json", definitions)
         import json
 
-        (tmp / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / "dataset.json").write_text(dumps_json(summary) + "\n")
     click.echo(
         f"prepare_data: {len(splits['train'])} train, {len(splits['val'])} val, "
         f"{len(rejected)} rejected -> {out}"
