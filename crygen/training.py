@@ -4,44 +4,59 @@ A run folder holds ``run.json`` (the settings it was started with), ``checkpoint
 (rewritten every ``checkpoint_every`` steps and at each epoch end) and, once training ended,
 ``DONE.json``. Re-running with the same settings resumes from ``last.ckpt``; different
 settings start over. A finished run re-run with a larger step or epoch budget continues.
+
+A model dir that others read (the fine-tuned model) is not trained in place: training runs in
+:func:`staging_dir` beside it, and :func:`promote` replaces the old dir only once the new one
+is complete, so new settings never cost the previous model before a new one exists.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from crygen.fileio import write_json
+from crygen.cli import say
+from crygen.fileio import CrygenError, write_json
+
+PROGRESS_LINES = 10  # about this many progress lines per run, whatever its length
 
 
-def _progress_callback(every: int):
+def _progress_callback(name: str, every: int | None):
     import pytorch_lightning as pl
 
     class Progress(pl.Callback):
-        """One line every ``every`` steps: logs stay readable where tqdm bars are not."""
+        """A handful of lines per run (every ~10 % of its steps): a log a person can read."""
 
         def __init__(self) -> None:
             self.start = time.time()
+            self.every = every
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if self.every is None:
+                total = trainer.estimated_stepping_batches
+                total = int(total) if total and total != float("inf") else 0
+                self.every = max(1, -(-total // PROGRESS_LINES)) if total else 100
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             step = trainer.global_step
-            if step % every == 0 or step == 1:
+            if step % self.every == 0:
                 loss = trainer.callback_metrics.get("loss_train_step")
-                loss = float(loss) if loss is not None else float("nan")
-                total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-                of = f"/{total}" if total else ""
-                print(
-                    f"  epoch {trainer.current_epoch} step {step}{of} loss {loss:.3f} "
-                    f"({time.time() - self.start:.0f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                loss_text = f"loss {float(loss):.3f}" if loss is not None else "loss not logged yet"
+                total = int(trainer.estimated_stepping_batches or 0)
+                of = f"/{total}" if 0 < total < float("inf") else ""
+                say(f"{name}: epoch {trainer.current_epoch} step {step}{of} {loss_text} "
+                    f"({time.time() - self.start:.0f} s)")
 
     return Progress()
+
+
+def staging_dir(out: Path) -> Path:
+    """Where the model for ``out`` is trained, beside it (same file system: one rename)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.staging")
 
 
 def fit(
@@ -53,9 +68,11 @@ def fit(
     max_steps: int = -1,
     accelerator: str = "cpu",
     checkpoint_every: int = 50,
-    progress_every: int = 10,
+    progress_every: int | None = None,
+    name: str = "train",
 ) -> tuple[Path, dict[str, int]]:
-    """Train ``module`` on ``config['data_module']``; return ``last.ckpt`` and step counts.
+    """Train ``module`` on ``config['data_module']`` in ``run_dir``; return ``last.ckpt`` and
+    step counts. ``progress_every``: steps between progress lines (None: ~10 % of the run).
 
     The caller finishes the run folder and then calls :func:`mark_done`."""
     import pytorch_lightning as pl
@@ -75,7 +92,7 @@ def fit(
         run_dir.mkdir(parents=True)
         write_json(run_file, settings)
     else:
-        print(f"resuming from {last}", file=sys.stderr)
+        say(f"{name}: resuming from {last}")
 
     datamodule = instantiate(config["data_module"])
     trainer = pl.Trainer(
@@ -101,7 +118,7 @@ def fit(
                 save_on_train_epoch_end=True,
             ),
             AddConfigCallback(config),
-            _progress_callback(progress_every),
+            _progress_callback(name, progress_every),
         ],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
@@ -112,3 +129,24 @@ def fit(
 def mark_done(run_dir: Path, record: dict[str, Any]) -> None:
     """Written last, once everything else in ``run_dir`` is in place."""
     write_json(Path(run_dir) / "DONE.json", record)
+
+
+MODEL_DIR_FILES = ("config.yaml", "checkpoints/last.ckpt", "DONE.json")
+
+
+def promote(staging: Path, out: Path, required: tuple[str, ...] = MODEL_DIR_FILES) -> None:
+    """Replace ``out`` by the complete ``staging`` dir; an incomplete one replaces nothing."""
+    staging, out = Path(staging), Path(out)
+    lacking = [f for f in required if not (staging / f).is_file()]
+    if lacking:
+        raise CrygenError(staging, f"training output incomplete (no {lacking[0]}); {out} left as it was")
+    if out.is_dir() and not out.is_symlink():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out.exists() or out.is_symlink():
+            out.unlink()
+        staging.rename(out)

@@ -3,8 +3,14 @@
 The base model is any MatterGen model dir (config.yaml + checkpoints/last.ckpt): crygen's
 embedded one, or one downloaded from MatterGen's release. The output folder is itself a
 MatterGen model dir (the base config, retargeted at the new data, and the fine-tuned
-checkpoint); DONE.json marks it complete. Re-running an interrupted fine-tune with the same
-settings resumes from checkpoints/last.ckpt.
+checkpoint); DONE.json marks it complete. Training runs in a staging folder beside the output
+(.<name>.staging) and replaces an earlier output only once the new model is complete, so
+changed settings never cost the previous model first. Re-running an interrupted fine-tune
+with the same settings resumes from the staging folder's checkpoints/last.ckpt.
+
+The learning rate defaults to MatterGen's own fine-tuning rate, 5e-6 (the configs of its
+published fine-tuned models; 20x below the 1e-4 its base was trained at): fine-tuning starts
+a fresh optimizer, and a base-training rate moves a trained model away from what it knows.
 
 --properties adds MatterGen's adapter (GemNetTAdapter) embedding those properties of the
 prepared dataset; --mode adapter trains only the adapter, full (MatterGen's default) the
@@ -17,8 +23,27 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, seed_everything, stage
-from crygen.fileio import CrygenError, read_json, sha256_file
+from crygen.cli import pick_device, say, seed_everything, stage
+from crygen.fileio import CrygenError, dumps_json, read_json, sha256_file
+
+# MatterGen's fine-tuning learning rate: optimizer lr of every published fine-tuned model's
+# config (dft_band_gap, dft_mag_density, chemical_system, ...), its base models train at 1e-4
+DEFAULT_LR = 5e-6
+
+
+def parse_lr(text: str | None) -> float:
+    """``--lr``: absent or empty takes the default; anything else must be a positive number."""
+    import math
+
+    if text is None or not str(text).strip():
+        return DEFAULT_LR
+    try:
+        lr = float(text)
+    except ValueError:
+        raise CrygenError(None, f"LR={text}: expected a positive number") from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise CrygenError(None, f"LR={text}: expected a positive number")
+    return lr
 
 
 @click.command(help=__doc__)
@@ -27,7 +52,7 @@ from crygen.fileio import CrygenError, read_json, sha256_file
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Fine-tune folder to write.")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=None, type=float, help="Learning rate (default: the base model's).")
+@click.option("--lr", default=None, help=f"Learning rate (default: {DEFAULT_LR:g}, MatterGen's fine-tuning rate).")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--properties", "property_names", default="", help="Comma-separated properties to condition on.")
@@ -41,8 +66,9 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
 
     from crygen import mattergen_compat as mc
     from crygen import properties as props
-    from crygen.training import fit, mark_done
+    from crygen.training import fit, mark_done, promote, staging_dir
 
+    lr = parse_lr(lr)
     base_model = mc.check_model_dir(base_model)
     if not (Path(data) / "train" / "pos.npy").is_file():
         raise CrygenError(data, "not a prepared dataset (no train/pos.npy); run prepare_data first")
@@ -64,8 +90,7 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
         base_config = mc.adapter_config(base_config, definitions)
     config = mc.with_data_module(base_config, mc.data_module_config(
         data, batch_size=batch_size, max_epochs=epochs, properties=names))
-    if lr is not None:
-        config["lightning_module"]["optimizer_partial"]["lr"] = lr
+    config["lightning_module"]["optimizer_partial"]["lr"] = lr
     base_ckpt = Path(base_model) / "checkpoints" / "last.ckpt"
     base_state = mc.read_checkpoint(base_ckpt)["state_dict"]
     if definitions:
@@ -90,12 +115,13 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
         settings.update(properties=names, mode=mode)
     if max_steps > 0:
         settings["max_steps"] = max_steps
-    last, steps = fit(module, config, out, settings, max_epochs=epochs, max_steps=max_steps,
-                      accelerator="gpu" if device.startswith("cuda") else "cpu")
+    staging = staging_dir(out)
+    _, steps = fit(module, config, staging, settings, max_epochs=epochs, max_steps=max_steps,
+                   accelerator="gpu" if device.startswith("cuda") else "cpu", name="finetune")
 
     import yaml
 
-    (Path(out) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     info = {
         "kind": "crygen fine-tuned model",
         "base_model": str(Path(base_model).resolve()),
@@ -109,11 +135,10 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
         info["sampling_overrides"] = base_info["sampling_overrides"]
     if definitions or base_definitions:
         info["properties"] = {**base_definitions, **definitions}
-    import json
-
-    (Path(out) / mc.CRYGEN_MODEL_INFO).write_text(json.dumps(info, indent=2))
-    mark_done(out, {**steps, "device": device})  # the Makefile's target: the model dir is whole
-    click.echo(f"finetune: {epochs} epoch(s), {steps['global_step']} steps -> {last}")
+    (staging / mc.CRYGEN_MODEL_INFO).write_text(dumps_json(info))
+    mark_done(staging, {**steps, "device": device, "lr": lr})  # the Makefile's target: the model dir is whole
+    promote(staging, out)
+    say(f"finetune: {epochs} epoch(s), {steps['global_step']} steps at learning rate {lr:g} -> {out}")
 
 
 def _dataset_properties(data: Path, names: list[str]) -> dict:

@@ -70,7 +70,7 @@ def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks,
     settings = {"data_sha256": dataset["input_sha256"], "config": config, "seed": seed, "parent": parent}
     start = time.time()
     last, _ = fit(module, config, work_dir, settings, max_steps=max_steps,
-               accelerator="gpu" if device.startswith("cuda") else "cpu", checkpoint_every=200, progress_every=100)
+               accelerator="gpu" if device.startswith("cuda") else "cpu", checkpoint_every=200, name="train_base")
     n_params = sum(p.numel() for p in module.parameters())
     info = {
         "kind": "crygen embedded base model",
