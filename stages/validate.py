@@ -2,12 +2,16 @@
 
 A diffusion loss is random (a timestep and noise per structure). Each model sees exactly
 the same structures, timesteps and noise: before every batch of every draw the random
-generator is reset to the same seed, and both models consume it identically. The deltas
-(fine-tuned minus base) are therefore paired; their 95 % confidence intervals come from the
-spread of the paired differences over all (draw, batch) units.
+generator is reset to the same seed, and both models consume it identically. Losses are
+kept per structure (MatterGen's batch loss is their mean); a structure's noise draws are
+averaged first and the 95 % interval on the delta (fine-tuned minus base) is a t-interval
+over the structures' paired differences. How much the delta would move with other noise
+draws is reported apart (interval.noise_draw_se). With one validation structure there is no
+interval (null, with the reason in interval.note).
 
 A property-conditioned fine-tuned model is scored twice, on the same noise: with its
-conditional embeddings fed the validation structures' property values ("finetuned") and
+conditional embeddings fed the validation structures' property values ("finetuned"; a
+structure missing a value gets the unconditional embedding, as in MatterGen's training) and
 with its unconditional ones ("unconditional"); "conditioning" compares the two.
 """
 
@@ -17,50 +21,36 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, stage
+from crygen.cli import pick_device, say, stage
 from crygen.fileio import CrygenError, write_json
 
 
-def paired_losses(module, datamodule, draws: int, seed: int) -> list[dict[str, float]]:
-    """One dict of losses per (draw, batch), in a fixed order, with ``n`` = batch size."""
+def paired_losses(module, datamodule, draws: int, seed: int) -> dict:
+    """Each loss per (draw, structure): ``{key: array (draws, n_val)}``, structures in the
+    validation set's order."""
+    import numpy as np
     import torch
 
-    units = []
+    from crygen.validation import structure_losses
+
     device = next(module.parameters()).device
+    rows: list[dict] = []
     with torch.no_grad():
         for draw in range(draws):
+            parts: dict[str, list] = {}
             for b, batch in enumerate(datamodule.val_dataloader()):
                 torch.manual_seed(seed * 1_000_003 + draw * 10_007 + b)
-                loss, metrics = module.diffusion_module.calc_loss(batch.to(device))
-                unit = {"loss": float(loss), "n": int(batch.get_batch_size())}
-                unit.update({k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1})
-                units.append(unit)
-    return units
+                for k, v in structure_losses(module.diffusion_module, batch.to(device)).items():
+                    parts.setdefault(k, []).append(v.cpu().double().numpy())
+            rows.append({k: np.concatenate(v) for k, v in parts.items()})
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def compare(base_units: list[dict], ft_units: list[dict]) -> dict:
-    import numpy as np
-    from scipy import stats
+def missing_values(data: Path, properties: list[str]) -> dict[str, int]:
+    """How many validation structures lack each property (they are scored unconditionally)."""
+    from crygen import properties as props
 
-    keys = [k for k in base_units[0] if k != "n" and k in ft_units[0]]
-    w = np.array([u["n"] for u in base_units], dtype=float)
-
-    def mean(units, k):
-        return float(np.average([u[k] for u in units], weights=w))
-
-    out = {"baseline": {}, "finetuned": {}, "delta": {}, "delta_ci95": {}}
-    for k in keys:
-        out["baseline"][k] = mean(base_units, k)
-        out["finetuned"][k] = mean(ft_units, k)
-        diffs = np.array([f[k] - b[k] for b, f in zip(base_units, ft_units)])
-        d = float(np.average(diffs, weights=w))
-        out["delta"][k] = d
-        if len(diffs) > 1:
-            half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-        else:
-            half = float("nan")
-        out["delta_ci95"][k] = [d - half, d + half]
-    return out
+    return {p: sum(props.is_missing(v) for v in props.read_split_values(data, "val", p)) for p in properties}
 
 
 @click.command(help=__doc__)
@@ -76,9 +66,10 @@ def compare(base_units: list[dict], ft_units: list[dict]) -> dict:
 def main(base_model, finetuned_model, data, out, draws, batch_size, seed, device):
     from hydra.utils import instantiate
 
-    from mattergen.property_embeddings import SetConditionalEmbeddingType, SetUnconditionalEmbeddingType
+    from mattergen.property_embeddings import SetUnconditionalEmbeddingType
 
     from crygen import mattergen_compat as mc
+    from crygen.validation import compare, observed_embedding_type
 
     if not (Path(data) / "val" / "pos.npy").is_file():
         raise CrygenError(data, "not a prepared dataset (no val/pos.npy)")
@@ -97,26 +88,28 @@ def main(base_model, finetuned_model, data, out, draws, batch_size, seed, device
                                 "(prepare the data with the same PROPERTIES)")
     mc.register_properties(model_properties)
     datamodule = instantiate(mc.data_module_config(data, batch_size=batch_size, properties=properties))
-    runs = [("baseline", base_model, None), ("finetuned", finetuned_model, None)]
+    runs = [("baseline", base_model, False), ("finetuned", finetuned_model, False)]
     if model_properties:
-        # fixed embedding choices instead of MatterGen's random dropout, which would also
-        # draw from the generator and unpair the noise; a conditioned base is scored with
-        # its conditions as well
-        conditional, unconditional = SetConditionalEmbeddingType(), SetUnconditionalEmbeddingType()
-        runs = [("baseline", base_model, conditional if base_conditioned else unconditional),
-                ("finetuned", finetuned_model, conditional),
-                ("unconditional", finetuned_model, unconditional)]
+        # a conditioned base is scored with its conditions as well
+        runs = [("baseline", base_model, base_conditioned), ("finetuned", finetuned_model, True),
+                ("unconditional", finetuned_model, False)]
     results = {}
-    for name, model_dir, embedding_choice in runs:
+    for name, model_dir, conditional in runs:
         module = mc.load_lightning_module(model_dir, device)
-        if embedding_choice is not None:
-            module.diffusion_module.pre_corruption_fn = embedding_choice
+        if model_properties:
+            # fixed embedding choices instead of MatterGen's random dropout, which would also
+            # draw from the generator and unpair the noise; a missing value takes the
+            # unconditional branch, as MatterGen's training gives it (never a label or a NaN)
+            iid = bool(getattr(module.diffusion_module.pre_corruption_fn, "dropout_fields_iid", False))
+            module.diffusion_module.pre_corruption_fn = (observed_embedding_type(iid) if conditional
+                                                         else SetUnconditionalEmbeddingType())
         results[name] = paired_losses(module, datamodule, draws, seed)
-        click.echo(f"validate: {name} loss {sum(u['loss'] * u['n'] for u in results[name]) / sum(u['n'] for u in results[name]):.4f}", err=True)
+        say(f"validate: {name} loss {results[name]['loss'].mean():.4f}")
     metrics = compare(results["baseline"], results["finetuned"])
     if model_properties:
         metrics["properties"] = sorted(model_properties)
         metrics["baseline_embedding"] = "conditional" if base_conditioned else "unconditional"
+        metrics["val_missing_values"] = missing_values(Path(data), properties)
         metrics["unconditional"] = compare(results["baseline"], results["unconditional"])["finetuned"]
         # conditional minus unconditional loss of the fine-tuned model, paired
         metrics["conditioning"] = compare(results["unconditional"], results["finetuned"])
@@ -128,7 +121,8 @@ def main(base_model, finetuned_model, data, out, draws, batch_size, seed, device
     })
     write_json(out, metrics)
     d, ci = metrics["delta"]["loss"], metrics["delta_ci95"]["loss"]
-    click.echo(f"validate: delta loss {d:+.4f} (95% CI {ci[0]:+.4f} .. {ci[1]:+.4f}) -> {out}")
+    spread = f"95% CI {ci[0]:+.4f} .. {ci[1]:+.4f}" if ci else "no interval: one validation structure"
+    say(f"validate: delta loss {d:+.4f} ({spread}, over {metrics['n_val']} structures) -> {out}")
 
 
 if __name__ == "__main__":
