@@ -124,21 +124,23 @@ def define(name: str, values: Sequence[Any], source: Path) -> dict[str, Any]:
     present = [v for v in values if not is_missing(v)]
     if not present:
         raise CrygenError(source, f"property {name!r} has no values")
+    # what the property's statistics stand on; a missing value is no category and no number
+    counts = {"n_present": len(present), "n_missing": len(values) - len(present)}
     labels = {str(v).strip().lower() for v in present}
     if labels <= YES | NO and all(isinstance(v, (bool, str)) or _as_float(v) in (0.0, 1.0) for v in present):
-        return {"kind": CATEGORICAL, "categories": ["no", "yes"], "n_present": len(present)}
+        return {"kind": CATEGORICAL, "categories": ["no", "yes"], **counts}
     floats = [_as_float(v) for v in present]
     if all(f is not None and math.isfinite(f) for f in floats):
         import numpy as np
 
         arr = np.array(floats)
         return {"kind": FLOAT, "min": float(arr.min()), "max": float(arr.max()), "mean": float(arr.mean()),
-                "std": float(arr.std()), "n_present": len(present)}
+                "std": float(arr.std()), **counts}
     categories = sorted({str(v).strip() for v in present})
     if len(categories) > MAX_CATEGORIES:
         raise CrygenError(source, f"property {name!r}: {len(categories)} distinct text values "
                                   f"(at most {MAX_CATEGORIES} categories; numbers must all parse as numbers)")
-    return {"kind": CATEGORICAL, "categories": categories, "n_present": len(present)}
+    return {"kind": CATEGORICAL, "categories": categories, **counts}
 
 
 def encode(value: Any, definition: dict[str, Any], structure) -> Any:
@@ -184,6 +186,12 @@ def write_split_values(entries: Sequence, definitions: dict[str, dict[str, Any]]
         values = [encode(e.properties.get(name), definition, e.structure) for e in entries]
         (split_dir / f"{name}.json").write_text(json.dumps(
             {"values": values, "property_source_doc_id": name, "origins": None}))
+
+
+def values_present(entries: Sequence, definitions: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """How many of ``entries`` have a value of each property (computed ones always do)."""
+    return {name: sum(d["kind"] in (CHEMICAL_SYSTEM, SPACE_GROUP) or not is_missing(e.properties.get(name))
+                      for e in entries) for name, d in definitions.items()}
 
 
 def read_split_values(data_dir: Path, split: str, name: str) -> list:

@@ -21,7 +21,7 @@ from typing import Any
 from crygen.cli import say
 from crygen.fileio import CrygenError, write_json
 
-PROGRESS_LINES = 10  # about this many progress lines per run, whatever its length
+PROGRESS_LINES = 5  # at most this many progress lines per run, whatever its length
 
 
 def _progress_callback(name: str, every: int | None):

@@ -79,6 +79,10 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
 
     names = props.parse_names(property_names)
     definitions = _dataset_properties(Path(data), names)
+    for name, d in definitions.items():
+        if d["kind"] in (mc.FLOAT, mc.CATEGORICAL) and all(props.is_missing(v) for v in props.read_split_values(data, "train", name)):
+            # its scaler would be fitted on nothing and every conditional embedding be NaN
+            raise CrygenError(data, f"property {name!r} has no value in the training split")
     if mode == "adapter" and not definitions:
         raise CrygenError(None, "FINETUNE_MODE=adapter needs PROPERTIES (the adapter embeds them)")
     base_config, adaptations = mc.read_model_config(base_model)

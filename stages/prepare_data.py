@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import stage
+from crygen.cli import say, stage
 from crygen.fileio import CrygenError, atomic_path, dumps_json, sha256_tree, write_json
 from crygen.structures import (
     MAX_ATOMS_DEFAULT,
@@ -91,14 +91,18 @@ def main(input_path: Path, out: Path, val_fraction: float, seed: int, max_atoms:
         }
         if names:
             summary["properties"] = names
+            # structures with a value, per split: the others train and validate unconditionally
+            summary["property_values"] = {split: props.values_present(entries_of, definitions)
+                                          for split, entries_of in splits.items()}
             write_json(tmp / "properties.json", definitions)
         import json
 
         (tmp / "dataset.json").write_text(dumps_json(summary) + "\n")
-    click.echo(
-        f"prepare_data: {len(splits['train'])} train, {len(splits['val'])} val, "
-        f"{len(rejected)} rejected -> {out}"
-    )
+    say(f"prepare_data: {len(splits['train'])} train, {len(splits['val'])} val, {len(rejected)} rejected -> {out}")
+    for name, d in definitions.items():
+        if d.get("n_missing"):
+            say(f"prepare_data: {name!r} has a value for {d['n_present']} of {len(accepted)} structures; "
+                "the others are embedded unconditionally, as MatterGen does")
 
 
 if __name__ == "__main__":

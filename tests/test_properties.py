@@ -29,8 +29,13 @@ def test_prepare_keeps_property_columns(property_data):
     definitions = json.loads((property_data / "properties.json").read_text())
     assert set(definitions) == {"band_gap", "solid_electrolyte"}  # 'note' was not asked for
     assert definitions["band_gap"]["kind"] == "float" and 0 <= definitions["band_gap"]["min"] < definitions["band_gap"]["max"] <= 4
-    assert definitions["solid_electrolyte"] == {"kind": "categorical", "categories": ["no", "yes"], "n_present": 24}
-    assert json.loads((property_data / "dataset.json").read_text())["properties"] == ["band_gap", "solid_electrolyte"]
+    assert definitions["solid_electrolyte"] == {"kind": "categorical", "categories": ["no", "yes"], "n_present": 24,
+                                                "n_missing": 6}
+    assert definitions["band_gap"]["n_present"] == 26 and definitions["band_gap"]["n_missing"] == 4  # m3, m10, m17, m24
+    dataset = json.loads((property_data / "dataset.json").read_text())
+    assert dataset["properties"] == ["band_gap", "solid_electrolyte"]
+    present = dataset["property_values"]
+    assert {n: present["train"][n] + present["val"][n] for n in definitions} == {"band_gap": 26, "solid_electrolyte": 24}
     values = {}
     for split in ("train", "val"):
         ids = np.load(property_data / split / "structure_id.npy")
@@ -187,6 +192,94 @@ def test_validate_reports_conditional_and_unconditional_loss(conditioned_model, 
     assert m["unconditional"]["loss"] == pytest.approx(m["baseline"]["loss"], rel=1e-4)
 
 
+GAPPY = "band gap,solid electrolyte"  # names with spaces, both columns with empty cells
+
+
+def write_gappy_property_csv(path):
+    """write_property_csv's 30 crystals, its two property columns renamed with spaces; every
+    7th band gap and every 4th solid-electrolyte label empty."""
+    rows = list(csv.reader(write_property_csv(path.with_name(f"full-{path.name}")).open()))
+    rows[0][2:4] = GAPPY.split(",")
+    for i, row in enumerate(rows[1:]):
+        if i % 4 == 1:
+            row[3] = ""
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gappy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gappy")
+    run_stage("prepare_data", "--input", write_gappy_property_csv(root / "gappy.csv"), "--out", root / "data",
+              "--properties", GAPPY, "--val-fraction", "0.3")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def gappy_model(tmp_path_factory, gappy_data, tiny_model):
+    """The tiny model fine-tuned whole (full mode) with adapters for both gappy properties."""
+    out = tmp_path_factory.mktemp("gappy_model") / "finetune"
+    run_stage("finetune", "--base-model", tiny_model, "--data", gappy_data, "--out", out, "--properties", GAPPY,
+              "--mode", "full", "--batch-size", "8", "--device", "cpu")
+    return out
+
+
+def test_missing_values_train_and_validate_to_finite_numbers(gappy_model, gappy_data, tiny_model, tmp_path):
+    """Item 2: validation used to stop on an AssertionError (a NaN band gap fed to the
+    conditional embedding); training must keep every weight finite."""
+    import math
+
+    import torch
+
+    definitions = json.loads((gappy_data / "properties.json").read_text())
+    assert definitions["solid electrolyte"]["n_present"] < 30 and definitions["band gap"]["n_present"] < 30
+    tuned = torch.load(gappy_model / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in tuned.values() if v.is_floating_point())
+    out = tmp_path / "metrics.json"
+    run_stage("validate", "--base-model", tiny_model, "--finetuned-model", gappy_model, "--data", gappy_data,
+              "--out", out, "--draws", "2", "--device", "cpu")
+    m = json.loads(out.read_text(), parse_constant=lambda token: pytest.fail(f"{token} in metrics.json"))
+    missing = {n: sum(v is None or v != v for v in json.loads((gappy_data / "val" / f"{n}.json").read_text())["values"])
+               for n in GAPPY.split(",")}
+    assert m["val_missing_values"] == missing and all(missing.values())
+    for block in (m, m["conditioning"]):
+        assert all(math.isfinite(v) for k in ("baseline", "finetuned", "delta") for v in block[k].values())
+        assert all(math.isfinite(x) for lo_hi in block["delta_ci95"].values() for x in lo_hi)
+
+
+def test_a_structure_missing_a_value_gets_the_unconditional_embedding(gappy_model, gappy_data):
+    """As MatterGen trains it (SetEmbeddingType, dropout_fields_iid=False): a structure
+    missing any property value takes every property's unconditional embedding; the others
+    their conditional ones. A missing label never becomes the first category."""
+    import torch
+    from hydra.utils import instantiate
+
+    from crygen import mattergen_compat as mc
+    from crygen.validation import observed_embedding_type
+
+    names = GAPPY.split(",")
+    module = mc.load_lightning_module(gappy_model)
+    assert module.diffusion_module.pre_corruption_fn.dropout_fields_iid is False
+    datamodule = instantiate(mc.data_module_config(gappy_data, batch_size=64, properties=names))
+    batch = observed_embedding_type(False)(next(iter(datamodule.val_dataloader())))
+    present = torch.stack([torch.isfinite(batch[n].reshape(-1)) for n in names], dim=1).all(dim=1)
+    assert 0 < int(present.sum()) < len(present)  # both kinds of structure in the batch
+    label_0 = None
+    with torch.no_grad():
+        for name in names:
+            embedding = module.diffusion_module.model.property_embeddings_adapt[name]
+            rows = embedding(batch)
+            unconditional = embedding.unconditional_embedding_module(x=batch["num_atoms"])
+            conditional = embedding.conditional_embedding_module(embedding.scaler(batch[name].reshape(-1)))
+            assert torch.equal(rows[~present], unconditional[~present])
+            assert torch.equal(rows[present], conditional[present])
+            if name == "solid electrolyte":
+                label_0 = embedding.conditional_embedding_module(torch.zeros(1))
+                assert not torch.allclose(rows[~present], label_0.expand_as(rows[~present]))
+    assert label_0 is not None
+
+
 GUIDANCE_STEPS = 160  # adapter steps, batch 32; after 80 (25 sampling steps) exact was 0.16-0.31
 GUIDANCE_LR = 3e-3  # at 1e-3 crystals in the system are mostly one element of it
 GUIDANCE_SAMPLES = 64
@@ -243,33 +336,39 @@ def test_guidance_moves_crystals_into_the_requested_chemical_system(tmp_path, ca
 @pytest.mark.slow
 def test_make_pipeline_with_properties(tmp_path, fast_base_model):
     """The whole pipeline through make, in a fresh clone of the committed project (using this
-    environment), with a scalar and a binary column; the summary records properties,
-    condition and guidance, and evaluation says neither is computable."""
+    environment), with a scalar and a binary column whose names hold spaces and whose cells
+    are partly empty (issue 15's "done when"); the summary records properties, condition and
+    guidance, evaluation says neither is computable, and no JSON file of the run holds a NaN
+    or an Infinity."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     venv = ["ENV_READY=1", f"VENV={ROOT / '.venv'}"]
-    data = write_property_csv(tmp_path / "props.csv")
+    data = write_gappy_property_csv(tmp_path / "props.csv")
     out = tmp_path / "run"
     proc = subprocess.run(
         ["make", "-C", str(clone), *venv, "pipeline", f"DATA={data}", f"BASE_MODEL={fast_base_model}", f"OUT={out}",
-         "NUM_GEN=2", "BATCH_SIZE=8", "DRAWS=1", "RELAX=0", f"PROPERTIES={PROPS}", "FINETUNE_MODE=adapter",
-         "CONDITION=band_gap=2.0,solid_electrolyte=no", "GUIDANCE=1.5"],
+         "NUM_GEN=2", "BATCH_SIZE=8", "DRAWS=1", "RELAX=0", f"PROPERTIES={GAPPY}", "FINETUNE_MODE=adapter",
+         "CONDITION=band gap=2.0,solid electrolyte=no", "GUIDANCE=1.5"],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     c = s["conditioning"]
-    assert c["properties"] == ["band_gap", "solid_electrolyte"] and c["guidance"] == 1.5
-    assert c["condition"] == {"band_gap": 2.0, "solid_electrolyte": "no"}
+    assert c["properties"] == ["band gap", "solid electrolyte"] and c["guidance"] == 1.5
+    assert c["condition"] == {"band gap": 2.0, "solid electrolyte": "no"}
     assert isinstance(c["validation"]["unconditional"]["loss"], float)
     settings = s["provenance"]["settings"]
-    assert settings["PROPERTIES"] == PROPS and settings["GUIDANCE"] == 1.5 and settings["FINETUNE_MODE"] == "adapter"
+    assert settings["PROPERTIES"] == GAPPY and settings["GUIDANCE"] == 1.5 and settings["FINETUNE_MODE"] == "adapter"
     report = s["generation_eval"]["condition"]
-    assert report["band_gap"]["computable"] is False and report["solid_electrolyte"]["computable"] is False
+    assert report["band gap"]["computable"] is False and report["solid electrolyte"]["computable"] is False
+    written = sorted(out.rglob("*.json"))
+    assert len(written) >= 5  # dataset, DONE, metrics, generation, summary at least
+    for path in written:
+        json.loads(path.read_text(), parse_constant=lambda token, path=path: pytest.fail(f"{path}: {token}"))
     # a changed condition redoes generation and what follows, nothing before it
     plan = subprocess.run(
         ["make", "-C", str(clone), *venv, "-n", "pipeline", f"DATA={data}", f"BASE_MODEL={fast_base_model}", f"OUT={out}",
-         "NUM_GEN=2", "BATCH_SIZE=8", "DRAWS=1", "RELAX=0", f"PROPERTIES={PROPS}", "FINETUNE_MODE=adapter",
-         "CONDITION=band_gap=2.5,solid_electrolyte=no", "GUIDANCE=1.5"],
+         "NUM_GEN=2", "BATCH_SIZE=8", "DRAWS=1", "RELAX=0", f"PROPERTIES={GAPPY}", "FINETUNE_MODE=adapter",
+         "CONDITION=band gap=2.5,solid electrolyte=no", "GUIDANCE=1.5"],
         capture_output=True, text=True).stdout
     assert "stages/generate.py" in plan and "stages/finetune.py" not in plan
 
