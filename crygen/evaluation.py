@@ -25,6 +25,13 @@ A generated structure whose elements have no elemental entry with an energy in t
 has no convex hull: MatterGen then drops every energy metric. crygen instead reports the energy
 metrics over the structures the reference covers, says how many those are, and leaves the
 energy above hull of the others empty (unknown, not zero).
+
+A hull is only as good as the compounds in it: a structure whose system and subsystems hold no
+reference compound is compared with its elements alone, and almost any compound lies below
+that. Each row says what its hull stands on, ``additional["hull_support"]`` counts the verdicts
+that rest on elements only, and when most do, :func:`reported` withholds the stability metrics
+from the plain numbers (they stay in ``Evaluation.metrics``, MatterGen's values, and go to the
+output under ``withheld_metrics`` with the reason).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ import numpy as np
 STABILITY_THRESHOLD = 0.1  # eV/atom, MatterGen's DEFAULT_STABILITY_THRESHOLD
 STRICT_STABILITY_THRESHOLD = 0.0  # eV/atom, on the hull (as LeMat-GenBench also reports)
 REFERENCE_METRIC_WORDS = ("novel", "precision", "recall")
+# Metrics that read a structure's place on its hull: withheld when most hulls hold no compound.
+HULL_METRIC_WORDS = ("hull", "stable")
+# Withheld when more than this fraction of the stability verdicts rest on elements only.
+ELEMENTS_ONLY_MAJORITY = 0.5
 
 
 def structures_from_cache(cache_dir: Path) -> list[Any]:
@@ -448,7 +459,7 @@ def evaluate(
     from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
     from threadpoolctl import threadpool_limits
 
-    from crygen.reference import all_ordered, terminal_elements_with_energy
+    from crygen.reference import all_ordered, hull_support, terminal_elements_with_energy
 
     n = len(structures)
     has_energy = energies is not None
@@ -516,6 +527,11 @@ def evaluate(
         additional["frac_stable_structures_strict"] = float(strict.sum() / denominator) if denominator else None
         additional["frac_novel_unique_stable_structures_strict"] = (
             float((strict & novel_unique).sum() / denominator) if denominator else None)
+    support: list[dict[str, int] | None] = [None] * n
+    if has_energy:
+        cache: dict[str, int] = {}
+        support = [hull_support(reference, s.composition.chemical_system, cache) for s in structures]
+        additional["hull_support"] = _hull_support_counts(support, e_hull)
 
     table = []
     row_of = {i: j for j, i in enumerate(ok)}
@@ -532,6 +548,11 @@ def evaluate(
         if has_energy:
             row["relaxation_failed"] = j is None
             row["covered_by_reference"] = covered[i]
+            # what this structure's hull stands on (reference entries with an energy)
+            row["hull_compounds_in_system"] = support[i]["compounds_in_system"]
+            row["hull_compounds_in_subsystems"] = support[i]["compounds_in_subsystems"]
+            row["hull_elemental_entries"] = support[i]["elemental_entries"]
+            row["hull_elements_only"] = (support[i]["compounds_in_system"] + support[i]["compounds_in_subsystems"]) == 0
             row["energy_per_atom"] = None if j is None else _plain(summaries[j].entry.energy_per_atom)
             row["rmsd_from_relaxation"] = None if j is None else _plain(summaries[j].rmsd_from_relaxation)
             row["energy_above_hull_per_atom"] = _plain(e_hull[i])
@@ -541,6 +562,50 @@ def evaluate(
         table.append(row)
     uncovered = sorted({structures[i].composition.chemical_system for i in range(n) if has_energy and not covered[i]})
     return Evaluation(metrics, additional, table, uncovered)
+
+
+def _hull_support_counts(support: Sequence[dict[str, int]], e_hull: np.ndarray) -> dict[str, Any]:
+    """How many stability verdicts (structures with an energy above hull) rest on a hull with
+    compounds of their own system, only of subsystems, or on elements only."""
+    verdicts = [i for i in range(len(support)) if np.isfinite(e_hull[i])]
+    in_system = sum(1 for i in verdicts if support[i]["compounds_in_system"] > 0)
+    subsystems_only = sum(1 for i in verdicts if support[i]["compounds_in_system"] == 0
+                          and support[i]["compounds_in_subsystems"] > 0)
+    elements_only = len(verdicts) - in_system - subsystems_only
+    return {
+        "verdicts": len(verdicts),
+        "with_compounds_in_own_system": in_system,
+        "with_compounds_in_subsystems_only": subsystems_only,
+        "on_elements_only": elements_only,
+        "fraction_on_elements_only": elements_only / len(verdicts) if verdicts else None,
+        "denominator": "structures with an energy above hull (relaxed, and every element with a reference energy)",
+    }
+
+
+def reported(evaluation: Evaluation) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The metrics and additional metrics to report as plain numbers, and what is withheld from
+    them (None when nothing is): when most stability verdicts rest on a hull of elements only,
+    every metric that reads the hull (energy above hull, stable, S.U.N.) moves under the
+    withheld block with the reason, MatterGen's values unchanged."""
+    support = evaluation.additional.get("hull_support")
+    fraction = support["fraction_on_elements_only"] if support else None
+    if fraction is None or fraction <= ELEMENTS_ONLY_MAJORITY:
+        return dict(evaluation.metrics), dict(evaluation.additional), None
+
+    def on_hull(name: str) -> bool:
+        return any(word in name for word in HULL_METRIC_WORDS)
+
+    withheld = {
+        "reason": (f"{support['on_elements_only']} of {support['verdicts']} stability verdicts rest on a hull "
+                   f"with no reference compound in the structure's chemical system or its subsystems (elements "
+                   f"only), where almost any compound looks stable: use a reference with compounds of these "
+                   f"systems (REFERENCE=, e.g. MatterGen's Alex-MP-20)"),
+        "metrics": {k: v for k, v in evaluation.metrics.items() if on_hull(k)},
+        "additional_metrics": {k: v for k, v in evaluation.additional.items() if on_hull(k) and k != "hull_support"},
+    }
+    metrics = {k: v for k, v in evaluation.metrics.items() if k not in withheld["metrics"]}
+    additional = {k: v for k, v in evaluation.additional.items() if k not in withheld["additional_metrics"]}
+    return metrics, additional, withheld
 
 
 def _pre_aggregation(evaluator: Any, chosen: Sequence[Any], n: int) -> dict[str, list]:
@@ -584,3 +649,117 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float) and not np.isfinite(v):
         return None
     return v
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def structures_source(results: Path) -> Path:
+    """The structures a results path stands for: a results folder's generated_crystals.extxyz,
+    else the path itself (an extxyz, a CIF zip, a folder of CIFs)."""
+    crystals = Path(results) / "generated_crystals.extxyz"
+    return crystals if crystals.is_file() else Path(results)
+
+
+def structures_sha256(source: Path) -> str:
+    """Content hash of the structures read from ``source``: a file, or the files directly in a
+    folder (the CIF reader does not descend, so an evaluation folder inside changes nothing)."""
+    from crygen.fileio import sha256_file, sha256_tree
+
+    if source.is_file():
+        return sha256_file(source)
+    return sha256_tree(source, {p.name: sha256_file(p) for p in sorted(source.iterdir()) if p.is_file()})
+
+
+def generation_info(results: Path) -> dict[str, Any]:
+    """``generation.json`` beside the structures (a pipeline's or ``make sample``'s), {} without one."""
+    from crygen.fileio import read_json
+
+    path = Path(results) / "generation.json" if Path(results).is_dir() else None
+    return read_json(path) if path is not None and path.is_file() else {}
+
+
+def evaluation_settings(results: Path, reference: Path, training_data: Path | None, relax: bool,
+                        potential: dict[str, Any] | None, fmax: float, max_steps: int) -> dict[str, Any]:
+    """What an evaluation of ``results`` depends on, by content: its structures, the reference
+    file, the training set (novelty), and the relaxation settings. ``metrics_summary.json``
+    records it; an evaluation is reused, and a pipeline's accepted by ``summarize``, only when
+    the recorded settings equal these. ``potential``: ``potential_identity`` (None unrelaxed)."""
+    from crygen.fileio import sha256_file, sha256_tree
+
+    settings = {
+        "structures_sha256": structures_sha256(structures_source(results)),
+        "reference_sha256": sha256_file(reference),
+        "training_data_sha256": sha256_tree(training_data) if training_data else None,
+        "relaxed": relax,
+        "potential": potential if relax else None,
+        "fmax": fmax if relax else None,
+        "max_steps": max_steps if relax else None,
+    }
+    condition = generation_info(results).get("condition")
+    if condition:
+        settings["condition"] = condition
+    return settings
+
+
+def settings_folder_name(settings: dict[str, Any], reference: Path) -> str:
+    """A folder name that says which settings made an evaluation, e.g.
+    ``relaxed-chgnet-d14ab7c0_reference_chgnet-ce08026c`` (potential and reference by name and
+    the start of their content hash), for ``eval-gen`` without ``EVAL_OUT``."""
+    potential = settings["potential"]
+    how = f"relaxed-{potential['name']}-{potential['weights_sha256'][:8]}" if settings["relaxed"] else "unrelaxed"
+    return f"{how}_{reference.name.removesuffix('.gz')}-{settings['reference_sha256'][:8]}"
+
+
+def settings_differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The names of the settings in which ``recorded`` differs from ``expected``."""
+    return [k for k in sorted({*recorded, *expected}) if recorded.get(k) != expected.get(k)]
+
+
+VALIDITY_KINDS = ("structure_validity", "comp_validity", "structure_comp_validity")  # MatterGen's per-structure names
+
+
+SAMPLE_PARTS = ("drawn", "written", "failed_sanity_check", "lost_in_failed_batches")
+
+
+def sample_counts(generation: dict[str, Any], structures: int, generation_path: Path) -> dict[str, int] | None:
+    """``generation.json``'s account of the samples drawn, checked against itself and the
+    ``structures`` read (None without one: structures from elsewhere)."""
+    from crygen.fileio import CrygenError
+
+    samples = generation.get("samples")
+    if samples is None:
+        return None
+    if not isinstance(samples, dict) or not all(
+            isinstance(samples.get(k), int) and not isinstance(samples.get(k), bool) and samples[k] >= 0
+            for k in SAMPLE_PARTS):
+        raise CrygenError(generation_path, f"'samples' must hold non-negative integers {', '.join(SAMPLE_PARTS)}")
+    if samples["drawn"] != samples["written"] + samples["failed_sanity_check"] + samples["lost_in_failed_batches"]:
+        raise CrygenError(generation_path, "'samples': drawn is not written + failed_sanity_check + lost_in_failed_batches")
+    if samples["written"] != structures:
+        raise CrygenError(generation_path, f"'samples' says {samples['written']} written, the results hold {structures} "
+                                           f"structures (mixed outputs of two generations?)")
+    return {k: samples[k] for k in SAMPLE_PARTS}
+
+
+def validity_over_samples(evaluation: Evaluation, samples: dict[str, int] | None) -> dict[str, Any]:
+    """Validity over every sample the generator drew (``samples``: :func:`sample_counts`),
+    beside MatterGen's over the structures written: a sample that failed generate's sanity check
+    or was lost in a failed batch is invalid, and so is a structure whose relaxation failed.
+    Without an account of the samples the denominator is the structures given."""
+    written = len(evaluation.table)
+    valid = {kind: sum(1 for row in evaluation.table if row.get(kind) is True) for kind in VALIDITY_KINDS
+             if any(kind in row for row in evaluation.table)}
+    if samples is None:
+        return {"drawn": None, "structures_given": written, "valid": valid,
+                "denominator": f"the {written} structures given (no sample accounting in a generation.json: "
+                               f"samples a generator dropped are not known)"}
+    drawn = samples["drawn"]
+    return {
+        **samples,
+        "valid": valid,
+        **{f"frac_{kind}_over_drawn": (count / drawn if drawn else None) for kind, count in valid.items()},
+        "denominator": (f"all {drawn} drawn samples: the {samples['failed_sanity_check']} that failed the sanity check, "
+                        f"the {samples['lost_in_failed_batches']} lost in failed batches and any failed relaxation count "
+                        f"as invalid; MatterGen's avg_*_validity in metrics are over the {written} written structures"),
+    }

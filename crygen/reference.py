@@ -81,11 +81,17 @@ def load_reference(spec: str | Path, sha256: str | None = None) -> tuple[Any, di
     except Exception as e:
         raise CrygenError(path, f"not a MatterGen LMDB-gz reference ({one_line(e)})") from None
     info = {"name": dataset.name, "path": str(path), "sha256": sha256 or sha256_file(path), "entries": len(dataset)}
-    if recipe_path(path).is_file():
-        recipe = read_json(recipe_path(path))
+    recipe = reference_recipe(path)
+    if recipe:
         info["potential"] = recipe.get("potential")
         info["correction"] = recipe.get("correction")
     return dataset, info
+
+
+def reference_recipe(path: Path) -> dict[str, Any]:
+    """The recipe ``build_reference`` wrote beside a reference (potential, correction, sources);
+    empty for a reference without one (MatterGen's DFT releases)."""
+    return read_json(recipe_path(path)) if recipe_path(path).is_file() else {}
 
 
 def with_training_set(reference: Any, training: Sequence[Any]) -> Any:
@@ -195,6 +201,58 @@ def terminal_elements_with_energy(reference: Any) -> set[str]:
     lookup = reference.entries_by_chemsys
     return {chemsys for chemsys in list(lookup)
             if "-" not in chemsys and any(np.isfinite(e.energy) for e in lookup[chemsys])}
+
+
+def hull_support(reference: Any, chemical_system: str, energies_by_chemsys: dict[str, int] | None = None) -> dict[str, int]:
+    """What the convex hull of ``chemical_system`` stands on in ``reference``: the entries with an
+    energy that MatterGen's hull takes (``EnergyMetricsCapability._get_phase_diagram``: every
+    subsystem, entries without energy skipped), counted as compounds (>= 2 elements) of the
+    system itself, compounds of its proper subsystems, and elemental entries.
+
+    ``energies_by_chemsys``: a cache of entries with an energy per chemical system, shared between
+    calls (an LMDB reference decodes a system's entries on every lookup)."""
+    from itertools import combinations
+
+    cache = {} if energies_by_chemsys is None else energies_by_chemsys
+    lookup = reference.entries_by_chemsys
+    elements = chemical_system.split("-")
+    out = {"compounds_in_system": 0, "compounds_in_subsystems": 0, "elemental_entries": 0}
+    for size in range(1, len(elements) + 1):
+        for subset in combinations(elements, size):
+            key = "-".join(sorted(subset))
+            if key not in cache:
+                cache[key] = sum(1 for e in lookup.get(key, []) if np.isfinite(e.energy))
+            part = ("elemental_entries" if size == 1 else
+                    "compounds_in_system" if size == len(elements) else "compounds_in_subsystems")
+            out[part] += cache[key]
+    return out
+
+
+def check_potential(reference: Path, potential: dict[str, Any], allow_mismatch: bool = False) -> dict[str, Any]:
+    """Whether energies from ``potential`` (``potential_identity``) belong on the hull of the
+    ``reference`` file: what ``metrics_summary.json`` records as ``potential_check``.
+
+    A potential other than the one the reference's recipe records is refused (a
+    :class:`CrygenError` naming the reference) unless ``allow_mismatch``; then it is recorded.
+    A reference without a recorded potential (no recipe beside it, as MatterGen's DFT releases)
+    is taken as DFT: relaxed ML energies on a DFT hull is what MatterGen's own evaluation does,
+    so it passes, and the record says the reference's energies are of unknown origin."""
+    recorded = reference_recipe(reference).get("potential")
+    record: dict[str, Any] = {"reference_potential": recorded, "evaluation_potential": potential}
+    if not recorded:
+        return {**record, "status": "reference records no potential: taken as DFT energies (as MatterGen's "
+                                    "evaluation places ML-relaxed energies on a DFT hull)"}
+    same = (recorded.get("weights_sha256") == potential.get("weights_sha256") if recorded.get("weights_sha256")
+            else recorded.get("name") == potential.get("name"))
+    if same:
+        return {**record, "status": "same potential"}
+    problem = (f"built with {recorded.get('name')} ({recorded.get('weights')}) but POTENTIAL is "
+               f"{potential.get('name')} ({potential.get('weights')}); energies of two potentials on one hull "
+               f"are not comparable")
+    if not allow_mismatch:
+        raise CrygenError(reference, f"{problem} (set POTENTIAL={recorded.get('name')}, or ALLOW_POTENTIAL_MISMATCH=1 "
+                                     f"/ --allow-potential-mismatch to go on, recorded)")
+    return {**record, "status": "MISMATCH, allowed by --allow-potential-mismatch", "problem": problem}
 
 
 # --------------------------------------------------------------------------- building

@@ -192,7 +192,9 @@ def relax(
     max_atoms_per_batch: int = MAX_ATOMS_PER_BATCH_DEFAULT,
     progress: bool = False,
 ) -> list[Relaxed]:
-    """Relax every structure; ``max_atoms_per_batch=0`` relaxes one structure at a time."""
+    """Relax every structure; ``max_atoms_per_batch=0`` relaxes one structure at a time.
+    ``progress``: a line (``crygen.cli.say``) each time another tenth of the structures is done."""
+    from crygen.cli import say
     from ase.filters import ExpCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -201,11 +203,16 @@ def relax(
     pending = list(range(len(structures)))[::-1]
     active: dict[int, tuple[Any, Any, list]] = {}  # index -> (atoms, optimiser, [steps])
 
+    report_every = max(1, -(-len(structures) // 10))  # a tenth, rounded up
+    done = 0
+
     def finish(i: int, energy: float, converged: bool, error: str | None = None) -> None:
+        nonlocal done
         atoms, _, steps = active.pop(i)
         results[i] = Relaxed(AseAtomsAdaptor.get_structure(atoms), energy, steps[0], converged, error)
-
-    done = 0
+        done += 1
+        if progress and (done % report_every == 0 or done == len(structures)):
+            say(f"relax: {done}/{len(structures)} structures done")
     while pending or active:
         # Fill the batch: structures start as others finish, never above the atom budget.
         while pending and (not active or max_atoms_per_batch > 0 and
@@ -242,9 +249,6 @@ def relax(
             fmax_now = np.linalg.norm(opt.optimizable.get_forces(), axis=1).max()
             if fmax_now < fmax or steps[0] >= max_steps:
                 finish(i, energy, bool(fmax_now < fmax))
-                done += 1
-                if progress and done % 50 == 0:
-                    print(f"relax: {done}/{len(structures)} structures done", flush=True)
                 continue
             opt.step()
             steps[0] += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, stage
+from crygen.cli import pick_device, say, stage
 from crygen.fileio import CrygenError
 
 
@@ -33,7 +33,7 @@ def main(demo_data: Path, out: Path, potential: str, device: str, all_elements: 
     if not demo_data.is_file():
         raise CrygenError(demo_data, "demo data not found")
     recipe = build_reference(demo_data, out, potential, pick_device(device), all_elements)
-    click.echo(f"build_reference: {recipe['entries']} entries ({len(recipe['excluded'])} left out) -> {out}")
+    say(f"build_reference: {recipe['entries']} entries ({len(recipe['excluded'])} left out) -> {out}")
 
 
 if __name__ == "__main__":

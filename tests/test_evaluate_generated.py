@@ -131,13 +131,13 @@ def test_eval_gen_relaxes_writes_every_output_and_reuses_by_hash(tmp_path):
     assert len(frames) == 3 and all(np.isfinite(a.get_potential_energy()) for a in frames)
 
     proc = run_stage("evaluate_generated", "--results", folder, "--out", out)
-    assert "is up to date" in proc.stdout
+    assert "is up to date" in proc.stderr
     proc = run_stage("evaluate_generated", "--results", folder, "--out", out, "--no-relax")
-    assert "is up to date" not in proc.stdout
+    assert "is up to date" not in proc.stderr
     assert json.loads((out / "metrics_summary.json").read_text())["relaxed"] is False
     (folder / "g0.cif").unlink()
     proc = run_stage("evaluate_generated", "--results", folder, "--out", out, "--no-relax")
-    assert "is up to date" not in proc.stdout
+    assert "is up to date" not in proc.stderr
     assert json.loads((out / "metrics_summary.json").read_text())["count"] == 2
 
 
@@ -319,3 +319,238 @@ def test_dataset_copies_are_mattergens_deep_copies():
         immutable = (str, int, float, type(None), tuple, np.generic, enum.Enum)  # Element is an Enum
         mutable = {id(x) for x in originals if not isinstance(x, immutable)}
         assert not [x for x in shared if id(x) in mutable]
+
+
+# --------------------------------------------------------------------------- what a number stands on
+
+ROCK_SALTS = {"NaCl": ("Na", "Cl", 5.6), "KBr": ("K", "Br", 6.6), "MgO": ("Mg", "O", 4.2)}
+
+
+def rock_salt_cifs(folder, names=tuple(ROCK_SALTS)):
+    """Rock-salt binaries whose systems hold no compound in the default reference (it has 29
+    binaries, none of these): their hulls are their elements alone. They relax in a few steps."""
+    from pymatgen.core import Lattice, Structure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        a, b, lattice = ROCK_SALTS[name]
+        s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(lattice), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        s.get_primitive_structure().to(filename=str(folder / f"{name}.cif"))
+    return folder
+
+
+def support_by_brute_force(reference, chemical_system):
+    """Entries with an energy whose elements lie in ``chemical_system``, by kind (every entry read)."""
+    elements = set(chemical_system.split("-"))
+    out = {"hull_compounds_in_system": 0, "hull_compounds_in_subsystems": 0, "hull_elemental_entries": 0}
+    for e in reference:
+        own = {el.symbol for el in e.composition.elements}
+        if np.isfinite(e.energy) and own <= elements:
+            kind = ("hull_elemental_entries" if len(own) == 1 else
+                    "hull_compounds_in_system" if own == elements else "hull_compounds_in_subsystems")
+            out[kind] += 1
+    return out
+
+
+def test_each_hull_says_what_it_stands_on_and_stability_on_elements_alone_is_withheld(tmp_path, default_reference):
+    """Issue 15 item 6 on the default reference: three rock salts whose hulls hold only their
+    elements (each lands far below them) and a demo crystal that has compounds of its system."""
+    folder = rock_salt_cifs(tmp_path / "cifs")
+    demo = demo_structures(1, start=51)[0]  # BPtNF2: its own entry is in the reference, relaxes in ~30 steps
+    demo.to(filename=str(folder / "demo.cif"))
+    proc = run_stage("evaluate_generated", "--results", folder)
+    outs = list((folder / "evaluations").iterdir())
+    assert [o.name for o in outs] == ["relaxed-chgnet-d14ab7c0_reference_chgnet-ce08026c"]  # named by its settings
+    out = outs[0]
+    rows = {r["name"]: r for r in read_table(out / "per_structure.csv")}
+    for name, row in rows.items():
+        expected = support_by_brute_force(default_reference, row["chemical_system"])
+        assert {k: int(row[k]) for k in expected} == expected, name
+        assert row["hull_elements_only"] == str(name != "demo.cif")
+    assert int(rows["demo.cif"]["hull_compounds_in_system"]) >= 1
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    support = summary["additional_metrics"]["hull_support"]
+    assert (support["verdicts"], support["on_elements_only"], support["with_compounds_in_own_system"]) == (4, 3, 1)
+    assert support["fraction_on_elements_only"] == 0.75
+    # most verdicts rest on elements only: no plain stability number anywhere
+    withheld = summary["withheld_metrics"]
+    assert withheld["reason"].startswith("3 of 4 stability verdicts rest on a hull with no reference compound")
+    for key in ("frac_stable_structures", "frac_novel_unique_stable_structures", "avg_energy_above_hull_per_atom"):
+        assert key in withheld["metrics"] and key not in summary["metrics"]
+    assert withheld["metrics"]["frac_stable_structures"] == 0.75  # MatterGen's value: the rock salts look stable
+    assert set(withheld["additional_metrics"]) == {"frac_stable_structures_strict",
+                                                   "frac_novel_unique_stable_structures_strict"}
+    assert json.loads((out / "metrics.json").read_text()) == summary["metrics"]
+    assert "evaluate_generated: stability withheld: 3 of 4" in proc.stderr
+    # the summary, written last, names every other output by content
+    from crygen.fileio import sha256_file
+
+    assert summary["outputs"] == {name: sha256_file(out / name)
+                                  for name in ("per_structure.csv", "metrics.json", "relaxed_structures.extxyz")}
+    assert summary["validity_over_drawn_samples"]["drawn"] is None
+    assert summary["validity_over_drawn_samples"]["denominator"].startswith("the 4 structures given")
+    # the evaluation folder inside the CIF folder is not one of its structures
+    proc = run_stage("evaluate_generated", "--results", folder, "--no-relax")
+    assert (folder / "evaluations" / "unrelaxed_reference_chgnet-ce08026c" / "metrics_summary.json").is_file()
+    assert "is up to date" in run_stage("evaluate_generated", "--results", folder).stderr
+
+
+def fake_reference(tmp_path, potential):
+    """A copy of the default reference whose recipe records ``potential`` (None: no recipe)."""
+    import shutil
+
+    from crygen.reference import DEFAULT_REFERENCE, recipe_path
+
+    path = tmp_path / "ref" / "mine.gz"
+    path.parent.mkdir(parents=True)
+    shutil.copy(DEFAULT_REFERENCE, path)
+    if potential is not None:
+        recipe = json.loads(recipe_path(DEFAULT_REFERENCE).read_text())
+        recipe["potential"] = potential
+        recipe_path(path).write_text(json.dumps(recipe))
+    return path
+
+
+def test_a_potential_other_than_the_references_is_refused_unless_allowed(tmp_path):
+    from crygen.reference import check_potential
+    from crygen.relaxation import potential_identity
+    from tests.helpers import make
+
+    mattersim = {"name": "mattersim", "weights": "mattersim-v1.0.0-1M.pth", "weights_sha256": "0" * 64}
+    reference = fake_reference(tmp_path, mattersim)
+    folder = rock_salt_cifs(tmp_path / "cifs", ["NaCl"])
+    out = tmp_path / "eval"
+    proc = run_stage("evaluate_generated", "--results", folder, "--reference", reference, "--out", out, check=False)
+    assert proc.returncode == 2
+    assert error_line(proc) == (
+        f"evaluate_generated: error: {reference}: built with mattersim (mattersim-v1.0.0-1M.pth) but POTENTIAL is "
+        f"chgnet (chgnet_0.3.0_e29f68s314m37.pth.tar); energies of two potentials on one hull are not comparable "
+        f"(set POTENTIAL=mattersim, or ALLOW_POTENTIAL_MISMATCH=1 / --allow-potential-mismatch to go on, recorded)")
+    assert not out.exists()
+    # the pipeline records an evaluation failure and goes on; a settings error stops it
+    proc = run_stage("evaluate_generated", "--results", folder, "--reference", reference, "--out", out,
+                     "--failure-file", tmp_path / "FAILED.txt", check=False)
+    assert proc.returncode == 2 and not (tmp_path / "FAILED.txt").exists()
+    # allowed: evaluated, and the mismatch recorded and said
+    proc = run_stage("evaluate_generated", "--results", folder, "--reference", reference, "--out", out,
+                     "--allow-potential-mismatch")
+    check = json.loads((out / "metrics_summary.json").read_text())["potential_check"]
+    assert check["status"].startswith("MISMATCH") and check["reference_potential"] == mattersim
+    assert check["evaluation_potential"]["name"] == "chgnet" and "not comparable" in check["problem"]
+    assert "potential mismatch allowed and recorded" in proc.stderr
+    # the Makefile passes ALLOW_POTENTIAL_MISMATCH=1 to the stage
+    plan = make("-n", "eval-gen", f"RESULTS={folder}", "ALLOW_POTENTIAL_MISMATCH=1").stdout
+    assert "--allow-potential-mismatch" in plan
+    assert "--allow-potential-mismatch" not in make("-n", "eval-gen", f"RESULTS={folder}").stdout
+    # a reference that records no potential (a DFT release) is taken as DFT, as MatterGen does
+    chgnet = potential_identity("chgnet")
+    dft = check_potential(fake_reference(tmp_path / "dft", None), chgnet)
+    assert dft["reference_potential"] is None and dft["status"].startswith("reference records no potential")
+    assert check_potential(reference.with_name("absent.gz"), chgnet)["status"].startswith("reference records no")
+    from crygen.reference import DEFAULT_REFERENCE
+
+    assert check_potential(DEFAULT_REFERENCE, chgnet)["status"] == "same potential"
+
+
+def pipeline_like_run(tmp_path, small_dataset, samples):
+    """A run folder as `make pipeline RELAX=0` leaves it, without the models: data/, the
+    validation metrics, and generation/results with 3 crystals and generation.json."""
+    import shutil
+
+    from tests.helpers import demo_subset
+
+    run = tmp_path / "run"
+    shutil.copytree(small_dataset, run / "data")
+    results = run / "generation" / "results"
+    results.mkdir(parents=True)
+    demo_subset(results / "generated_crystals.extxyz", 3, start=20)
+    (results / "generation.json").write_text(json.dumps({"seed": 1, "device": "cpu", "samples": samples}))
+    (run / "evaluation").mkdir()
+    loss = {"loss": 1.0}
+    (run / "evaluation" / "metrics.json").write_text(json.dumps(
+        {"baseline": loss, "finetuned": loss, "delta": {"loss": 0.0}, "delta_ci95": {"loss": [-0.1, 0.1]}}))
+    return run
+
+
+def test_an_evaluation_with_other_settings_never_passes_for_the_pipelines(tmp_path, small_dataset):
+    """Issue 15 item 7: `make eval-gen RELAX=0` on a pipeline's results writes beside them, and
+    summarize refuses an evaluation whose recorded settings are not the run's."""
+    import shutil
+
+    from tests.helpers import make
+
+    samples = {"drawn": 5, "written": 3, "failed_sanity_check": 1, "lost_in_failed_batches": 1, "failed_batches": [3]}
+    run = pipeline_like_run(tmp_path, small_dataset, samples)
+    results = run / "generation" / "results"
+    make("eval-gen", f"RESULTS={results}", "RELAX=0", f"REFERENCE_DATA={run / 'data'}", f"OUT={run}")
+    assert not (results / "metrics_summary.json").exists()  # the pipeline's place is left alone
+    (own,) = (results / "evaluations").iterdir()
+    assert own.name == "unrelaxed_reference_chgnet-ce08026c"
+    summary = json.loads((own / "metrics_summary.json").read_text())
+    # item 5: validity over every drawn sample, beside MatterGen's over the written ones
+    validity = summary["validity_over_drawn_samples"]
+    assert {k: validity[k] for k in ("drawn", "written", "failed_sanity_check", "lost_in_failed_batches")} == {
+        "drawn": 5, "written": 3, "failed_sanity_check": 1, "lost_in_failed_batches": 1}
+    assert validity["frac_structure_validity_over_drawn"] == validity["valid"]["structure_validity"] / 5
+    assert summary["metrics"]["avg_structure_validity"] == validity["valid"]["structure_validity"] / 3
+    assert "all 5 drawn samples" in validity["denominator"]
+
+    # put where the pipeline's own evaluation goes (EVAL_OUT=<results>, or by hand): refused
+    for name in ("metrics.json", "per_structure.csv", "metrics_summary.json"):
+        shutil.copy(own / name, results / name)
+    def settings(relax):  # the run's settings as the Makefile hands them over (crygen/settings.py)
+        path = tmp_path / f"settings-{relax}.json"
+        path.write_text(json.dumps({"RELAX": relax, "POTENTIAL": "chgnet", "REFERENCE": "default", "SEED": 1}))
+        return path
+
+    proc = run_stage("summarize", "--run-dir", run, "--settings", settings(True), check=False)
+    assert proc.returncode == 2
+    assert error_line(proc) == (
+        f"summarize: error: {results / 'metrics_summary.json'}: not this run's evaluation: its fmax, max_steps, "
+        f"potential, relaxed differ from the run's (RELAX=True POTENTIAL=chgnet REFERENCE=default); remove it and "
+        f"run make pipeline again")
+    assert not (run / "summary.json").exists()
+    # the run's settings: accepted, and summary.json says which settings made it
+    run_stage("summarize", "--run-dir", run, "--settings", settings(False))
+    generation_eval = json.loads((run / "summary.json").read_text())["generation_eval"]
+    assert generation_eval["settings"]["relaxed"] is False and generation_eval["validity_over_drawn_samples"]["drawn"] == 5
+    # the structures changed since: no longer the run's evaluation
+    (results / "generated_crystals.extxyz").write_text((results / "generated_crystals.extxyz").read_text() + "\n")
+    proc = run_stage("summarize", "--run-dir", run, "--settings", settings(False), check=False)
+    assert proc.returncode == 2 and "its structures_sha256 differ" in error_line(proc)
+
+
+def test_sample_accounting_that_does_not_add_up_is_a_one_line_error(tmp_path, small_dataset):
+    run = pipeline_like_run(tmp_path, small_dataset, {"drawn": 5, "written": 2, "failed_sanity_check": 1,
+                                                      "lost_in_failed_batches": 2, "failed_batches": []})
+    results = run / "generation" / "results"
+    proc = run_stage("evaluate_generated", "--results", results, "--no-relax", check=False)
+    assert proc.returncode == 2
+    assert error_line(proc) == (f"evaluate_generated: error: {results / 'generation.json'}: 'samples' says 2 written, "
+                                f"the results hold 3 structures (mixed outputs of two generations?)")
+
+
+def test_corrupt_generation_json_and_disordered_cifs_are_one_line_errors_with_relaxation(tmp_path):
+    """Issue 15 item 9, through `make eval-gen` with relaxation: no traceback, the file named."""
+    from tests.helpers import demo_subset, make
+
+    results = tmp_path / "results"
+    results.mkdir()
+    demo_subset(results / "generated_crystals.extxyz", 2)
+    (results / "generation.json").write_text('{"seed": 1, "samples": {"drawn": ')  # cut short
+    proc = make("eval-gen", f"RESULTS={results}", "RELAX=1", f"OUT={tmp_path / 'run'}", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert error_line(proc).startswith(f"evaluate_generated: error: {results / 'generation.json'}: not valid JSON")
+
+    folder = rock_salt_cifs(tmp_path / "cifs", ["NaCl"])
+    from pymatgen.core import Lattice, Structure
+
+    half = Structure(Lattice.cubic(4.0), [{"Na": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # a partial occupancy
+    half.to(filename=str(folder / "mixed.cif"))
+    proc = make("eval-gen", f"RESULTS={folder}", "RELAX=1", f"OUT={tmp_path / 'run'}", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert error_line(proc) == (
+        f"evaluate_generated: error: {folder / 'mixed.cif'}: 1 of 2 structures disordered (partial occupancies; "
+        f"first: mixed.cif): relaxation needs ordered structures; RELAX=0 (--no-relax) evaluates them without "
+        f"stability")
+    assert not (folder / "evaluations").exists()
