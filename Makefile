@@ -43,7 +43,13 @@ PROPERTIES   ?=
 FINETUNE_MODE ?= full
 CONDITION    ?=
 GUIDANCE     ?= 2.0
+# Fine-tuning learning rate (empty: the finetune stage's default); 1: evaluate with a POTENTIAL
+# other than the reference's.
+LR           ?=
+ALLOW_POTENTIAL_MISMATCH ?= 0
 PYTEST_ARGS  ?=
+# V=1 shows the commands make runs (by default each stage speaks for itself, in one line per event).
+Q            := $(if $(filter 1,$(V)),,@)
 
 # ENV_READY=1: the compute environment in VENV was built elsewhere (a container image, a
 # cluster's shared venv) and is used as it is, never rebuilt from this copy of the project;
@@ -56,6 +62,8 @@ SETUP_STAMP := $(VENV)/.crygen-setup
 SETUP := $(if $(filter 1,$(ENV_READY)),,$(SETUP_STAMP))
 STAMP := $(OUT)/.stamps
 export CRYGEN_TIMINGS_DIR := $(abspath $(OUT))/timings
+# The stages write their libraries' output to OUT/logs/<stage>.log; the terminal gets crygen's lines.
+export CRYGEN_LOG_DIR := $(abspath $(if $(filter sample,$(MAKECMDGOALS)),$(SAMPLE_OUT),$(OUT)))/logs
 export PYTHONUNBUFFERED := 1
 # The stages import crygen from this copy of the project, wherever VENV lives.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -66,6 +74,38 @@ DATA_FILES := $(if $(wildcard $(DATA)/.),$(shell find $(DATA) -type f 2>/dev/nul
               $(if $(filter $(DEMO_DATA),$(DATA)),$(DATA),$(wildcard $(DATA))))
 BASE_CKPT  := $(wildcard $(BASE_MODEL)/checkpoints/last.ckpt)
 
+# ---------------------------------------------------------------- settings, checked once
+# crygen/settings.py declares every setting above once (type, range, meaning, stamps). It runs
+# here, when the Makefile is read and before any stage: a bad value, or a secret given on the
+# command line, stops make with one line. It needs only the standard library (no .venv yet on
+# a fresh clone). Values cross the shell single-quoted, never interpolated into JSON.
+SETTINGS_PY := $(if $(wildcard $(PY)),$(PY),$(firstword $(shell command -v $(PYTHON) python3 2>/dev/null))) \
+               -S -B -m crygen.settings
+shq = '$(subst ','\'',$(1))'
+SETTING_NAMES := $(shell $(SETTINGS_PY) names)
+SETTINGS_ARGS = $(foreach v,$(SETTING_NAMES),$(call shq,$v=$($v))) --default-reference $(call shq,$(DEFAULT_REFERENCE))
+# Goals that run no stage: their settings are not checked (a secret on the command line still is).
+NO_STAGE_GOALS := help clean setup data test mattergen-tests bench image image-base shell remote-status remote-fetch
+COMMAND_LINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $v)),$v))
+
+# Settings stamps: a stamp file holds the settings a stage depends on and a fingerprint of the
+# files among them (a DATA folder's file list with sizes and times, the reference file's), so
+# editing a variable, or those files, redoes exactly the stages concerned, and a second
+# identical run does nothing. They are compared here and remade by a rule (a changed one
+# through FORCE), so `make -n` plans truly and writes nothing.
+STAMPED_GOALS := $(filter-out $(NO_STAGE_GOALS) eval-gen reference remote sample,$(MAKECMDGOALS))
+PIPELINE_STAMPS := $(addprefix $(STAMP)/,prepare finetune validate generate evaluate)
+SAMPLE_STAMPS := $(addprefix $(SAMPLE_OUT)/.stamps/,sample evaluate)
+CHECKED_STAMPS := $(if $(STAMPED_GOALS),$(PIPELINE_STAMPS)) $(if $(filter sample,$(MAKECMDGOALS)),$(SAMPLE_STAMPS))
+ifneq ($(filter-out help clean,$(MAKECMDGOALS)),)
+_settings := $(shell $(SETTINGS_PY) check --given '$(COMMAND_LINE_VARS)' \
+  $(if $(filter-out $(NO_STAGE_GOALS),$(MAKECMDGOALS)),--validate) $(foreach f,$(CHECKED_STAMPS),--stamp $f) $(SETTINGS_ARGS))
+ifneq ($(firstword $(_settings)),ok)
+$(error $(if $(_settings),$(wordlist 2,$(words $(_settings)),$(_settings)),the settings check did not run ($(SETTINGS_PY))))
+endif
+STALE_STAMPS := $(wordlist 2,$(words $(_settings)),$(_settings))
+endif
+
 include docker/docker.mk
 # With RUNNER=docker the goals are the container's (docker/docker.mk): none of the rules below.
 ifndef DOCKER_DISPATCH
@@ -74,9 +114,11 @@ ifndef DOCKER_DISPATCH
         test mattergen-tests bench clean data remote remote-status remote-fetch
 
 help: ## this list
-	@echo "crygen targets (variables: DATA BASE_MODEL OUT EPOCHS NUM_GEN SEED DEVICE VAL_FRACTION MAX_ATOMS"
-	@echo "  RESULTS RELAX POTENTIAL REFERENCE EVAL_OUT PROPERTIES FINETUNE_MODE CONDITION GUIDANCE MODEL RUNNER=local|docker):"
+	@echo "crygen targets:"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
+	@echo "settings (make TARGET NAME=value; [current value]):"
+	@$(SETTINGS_PY) help $(SETTINGS_ARGS)
+	@echo "  also: RUNNER=local|docker, V=1 (show the commands make runs); make remote: MACHINE TARGET WAIT DRY_RUN IMAGE JOB"
 
 # ---------------------------------------------------------------- environment
 # requirements-remote.txt is the one list of packages; a tag at the end of a line says how
@@ -98,57 +140,48 @@ $(DEMO_DATA): | $(SETUP)
 	$(PY) -m crygen.demo_data $@
 
 # ---------------------------------------------------------------- settings stamps
-# A stamp file changes only when its settings change, so editing a variable redoes exactly
-# the stages that depend on it, and a second identical run does nothing.
-# (The property variables join a stamp only when set, so runs without them keep their stamps.)
-STAMP_prepare  := $(DATA) $(VAL_FRACTION) $(SEED) $(MAX_ATOMS)$(if $(PROPERTIES), $(PROPERTIES))
-STAMP_finetune := $(BASE_MODEL) $(EPOCHS) $(BATCH_SIZE) $(SEED) $(DEVICE)$(if $(PROPERTIES), $(PROPERTIES) $(FINETUNE_MODE))
-STAMP_validate := $(DRAWS) $(SEED) $(DEVICE)
-STAMP_generate := $(NUM_GEN) $(GEN_BATCH) $(SEED) $(DEVICE)$(if $(CONDITION), $(CONDITION) $(GUIDANCE))
-STAMP_evaluate := $(RELAX) $(POTENTIAL) $(REFERENCE)
-
-# They are written when the Makefile is read (not by a rule), so `make -n` plans truly.
-STAMPED_GOALS := $(filter-out help setup data test mattergen-tests bench clean eval-gen reference image shell \
-                   remote remote-status remote-fetch sample,$(MAKECMDGOALS))
-write_stamp = $(shell mkdir -p $(dir $(1)) && (echo '$(2)' | cmp -s - $(1) || echo '$(2)' > $(1)))
-ifneq ($(STAMPED_GOALS),)
-_stamps := $(foreach s,prepare finetune validate generate evaluate,$(call write_stamp,$(STAMP)/$(s),$(STAMP_$(s))))
-endif
 ifneq ($(filter sample,$(MAKECMDGOALS)),)
 ifeq ($(strip $(MODEL)),)
 $(error make sample needs MODEL=<model dir or published MatterGen model name, e.g. chemical_system>)
 endif
-_sample_stamps := $(call write_stamp,$(SAMPLE_OUT)/.stamps/sample,$(MODEL) $(STAMP_generate)) \
-  $(call write_stamp,$(SAMPLE_OUT)/.stamps/evaluate,$(STAMP_evaluate))
 endif
+.PHONY: FORCE
+FORCE:
+ifneq ($(STALE_STAMPS),)
+$(STALE_STAMPS): FORCE
+endif
+$(sort $(PIPELINE_STAMPS) $(SAMPLE_STAMPS)):
+	@$(SETTINGS_PY) stamp --write $@ $(SETTINGS_ARGS)
+# a stamp's fingerprint is of the data as the stage will read it (the demo data fetched first)
+$(STAMP)/prepare: | $(DATA_FILES)
 
 # ---------------------------------------------------------------- pipeline stages
 prepare-data: $(OUT)/data/dataset.json ## check and split DATA into MatterGen's dataset cache
 
 $(OUT)/data/dataset.json: $(DATA_FILES) $(STAMP)/prepare | $(SETUP)
-	$(PY) stages/prepare_data.py --input $(DATA) --out $(OUT)/data \
-	  --val-fraction $(VAL_FRACTION) --seed $(SEED) --max-atoms $(MAX_ATOMS) --properties '$(PROPERTIES)'
+	$(Q)$(PY) stages/prepare_data.py --input $(DATA) --out $(OUT)/data \
+	  --val-fraction $(VAL_FRACTION) --seed $(SEED) --max-atoms $(MAX_ATOMS) --properties $(call shq,$(PROPERTIES))
 
 finetune: $(OUT)/finetune/DONE.json ## fine-tune BASE_MODEL on DATA for EPOCHS
 
 $(OUT)/finetune/DONE.json: $(OUT)/data/dataset.json $(BASE_CKPT) $(STAMP)/finetune | $(SETUP)
-	$(PY) stages/finetune.py --base-model $(BASE_MODEL) --data $(OUT)/data --out $(OUT)/finetune \
+	$(Q)$(PY) stages/finetune.py --base-model $(BASE_MODEL) --data $(OUT)/data --out $(OUT)/finetune \
 	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --seed $(SEED) --device $(DEVICE) \
-	  --properties '$(PROPERTIES)' --mode $(FINETUNE_MODE)
+	  --properties $(call shq,$(PROPERTIES)) --mode $(FINETUNE_MODE) $(if $(LR),--lr $(LR))
 
 validate: $(OUT)/evaluation/metrics.json ## base vs fine-tuned on the same validation set
 
 $(OUT)/evaluation/metrics.json: $(OUT)/finetune/DONE.json $(STAMP)/validate | $(SETUP)
-	$(PY) stages/validate.py --base-model $(BASE_MODEL) --finetuned-model $(OUT)/finetune \
+	$(Q)$(PY) stages/validate.py --base-model $(BASE_MODEL) --finetuned-model $(OUT)/finetune \
 	  --data $(OUT)/data --out $@ --draws $(DRAWS) --seed $(SEED) --device $(DEVICE)
 
 generate: $(OUT)/generation/results/generated_crystals.extxyz ## NUM_GEN crystals from the fine-tuned model
 
 $(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $(STAMP)/generate | $(SETUP)
-	$(PY) stages/generate.py --base-model $(BASE_MODEL) --finetuned $(OUT)/finetune \
+	$(Q)$(PY) stages/generate.py --base-model $(BASE_MODEL) --finetuned $(OUT)/finetune \
 	  --model-out $(OUT)/generation/model_for_generation --out $(OUT)/generation/results \
 	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
-	  --condition '$(CONDITION)' --guidance $(GUIDANCE)
+	  --condition $(call shq,$(CONDITION)) --guidance $(GUIDANCE)
 
 # make sample: a model as it is (a path or a published MatterGen name), generated from and
 # evaluated, as MatterGen's mattergen-generate + mattergen-evaluate; OUT given or runs/sample-<name>.
@@ -156,9 +189,9 @@ sample: $(SAMPLE_OUT)/results/metrics_summary.json ## NUM_GEN crystals from MODE
 	@echo "sample: $(SAMPLE_OUT)/results"
 
 $(SAMPLE_OUT)/results/generated_crystals.extxyz: $(wildcard $(MODEL)/checkpoints/last.ckpt) $(SAMPLE_OUT)/.stamps/sample | $(SETUP)
-	$(PY) stages/generate.py --model '$(MODEL)' --out $(SAMPLE_OUT)/results \
+	$(Q)$(PY) stages/generate.py --model $(call shq,$(MODEL)) --out $(SAMPLE_OUT)/results \
 	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
-	  --condition '$(CONDITION)' --guidance $(GUIDANCE)
+	  --condition $(call shq,$(CONDITION)) --guidance $(GUIDANCE)
 
 $(SAMPLE_OUT)/results/metrics_summary.json: $(SAMPLE_OUT)/results/generated_crystals.extxyz $(SAMPLE_OUT)/.stamps/evaluate | $(SETUP)
 	$(PY) stages/evaluate_generated.py --results $(SAMPLE_OUT)/results $(EVAL_ARGS)
@@ -178,32 +211,29 @@ eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF 
 	  $(if $(EVAL_OUT),--out $(EVAL_OUT))
 
 reference: | $(SETUP) $(DEMO_DATA) ## rebuild the default reference set (relax demo crystals + elements with POTENTIAL)
-	$(PY) stages/build_reference.py --demo-data $(DEMO_DATA) --out $(DEFAULT_REFERENCE) \
+	$(Q)$(PY) stages/build_reference.py --demo-data $(DEMO_DATA) --out $(DEFAULT_REFERENCE) \
 	  --potential $(POTENTIAL) --device $(DEVICE)
 
 summary: $(OUT)/summary.json ## write OUT/summary.json
 
-SETTINGS_JSON = {"DATA": "$(DATA)", "BASE_MODEL": "$(BASE_MODEL)", "OUT": "$(OUT)", "EPOCHS": $(EPOCHS), \
-  "NUM_GEN": $(NUM_GEN), "SEED": $(SEED), "DEVICE": "$(DEVICE)", "VAL_FRACTION": $(VAL_FRACTION), \
-  "MAX_ATOMS": $(MAX_ATOMS), "BATCH_SIZE": $(BATCH_SIZE), "GEN_BATCH": $(GEN_BATCH), "DRAWS": $(DRAWS), \
-  "RELAX": "$(RELAX)", "POTENTIAL": "$(POTENTIAL)", "REFERENCE": "$(REFERENCE)", \
-  "PROPERTIES": "$(PROPERTIES)", "FINETUNE_MODE": "$(FINETUNE_MODE)", "CONDITION": "$(CONDITION)", \
-  "GUIDANCE": $(GUIDANCE)}
-
+# The run's settings, normalised and typed by crygen/settings.py, as summarize records them.
 $(OUT)/summary.json: $(OUT)/evaluation/metrics.json $(OUT)/generation/results/metrics_summary.json | $(SETUP)
-	$(PY) stages/summarize.py --run-dir $(OUT) --settings '$(SETTINGS_JSON)'
+	@$(SETTINGS_PY) json --write $(OUT)/settings.json $(SETTINGS_ARGS)
+	$(Q)$(PY) stages/summarize.py --run-dir $(OUT) --settings $(OUT)/settings.json
 
 pipeline: $(OUT)/summary.json ## the whole job: prepare, fine-tune, validate, generate, evaluate, summarize
 	@echo "pipeline: $(OUT)/summary.json"
 
 # ---------------------------------------------------------------- base model, tests
 base-model: $(OUT)/data/dataset.json | $(SETUP) ## retrain the embedded base model into BASE_MODEL (CPU hours)
-	$(PY) stages/train_base.py --data $(OUT)/data --out $(BASE_MODEL) --work-dir $(OUT)/base-train \
+	$(Q)$(PY) stages/train_base.py --data $(OUT)/data --out $(BASE_MODEL) --work-dir $(OUT)/base-train \
 	  --max-steps $(BASE_STEPS) --seed $(SEED) --device $(DEVICE)
 
 test: $(SETUP) $(DEMO_DATA) ## run crygen's test suite
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# The tests' own stages speak to their pipes as a stage called directly does (no OUT/logs).
+test mattergen-tests bench: export CRYGEN_LOG_DIR =
 mattergen-tests: $(SETUP) ## run MatterGen's own bundled tests against this environment
 	cd $(VENV) && ../$(PY) -m pytest --pyargs mattergen -q -p no:cacheprovider $(PYTEST_ARGS)
 

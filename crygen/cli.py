@@ -1,25 +1,36 @@
-"""What every stage script shares: one-line errors, seeding, and a timing record.
+"""What every stage script shares: a quiet console, one-line errors, seeding, and a timing record.
 
 A stage's ``main`` is wrapped with :func:`stage`: a :class:`~crygen.fileio.CrygenError`
 becomes ``<stage>: error: <file>: <problem>`` on stderr and exit status 2; the wall time
 and peak memory of a successful run go to ``$CRYGEN_TIMINGS_DIR/<stage>.json`` when the
 Makefile sets that variable (``summarize`` reads them back).
+
+When ``$CRYGEN_LOG_DIR`` is set (the Makefile sets ``OUT/logs``), everything the process
+and its libraries write (file descriptors 1 and 2: prints, warnings, logging, C extensions)
+goes to ``<dir>/<stage>.log``; the terminal gets only :func:`say`'s lines and the one-line
+error (both also in the log). An unexpected exception is one line on the terminal that
+points at the log, which holds the traceback. Without the variable nothing is redirected.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import random
 import resource
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 import click
 
-from crygen.fileio import CrygenError, write_json
+from crygen.fileio import CrygenError, one_line, write_json
+
+# The terminal while a stage's output goes to its log (None: no log, the terminal is stderr).
+_terminal: TextIO | None = None
 
 
 def stage(name: str) -> Callable:
@@ -27,11 +38,18 @@ def stage(name: str) -> Callable:
         @functools.wraps(fn)
         def run(*args, **kwargs):
             start = time.time()
+            log = _log_to_file(name)
             try:
                 result = fn(*args, **kwargs)
             except CrygenError as e:
-                click.echo(f"{name}: error: {e}", err=True)
+                say(f"{name}: error: {e}")
                 sys.exit(2)
+            except Exception as e:
+                if log is None:
+                    raise
+                traceback.print_exc()  # into the log
+                say(f"{name}: error: unexpected {one_line(e)[:300]} (traceback in {log})")
+                sys.exit(1)
             timings_dir = os.environ.get("CRYGEN_TIMINGS_DIR")
             if timings_dir:
                 write_json(
@@ -50,8 +68,38 @@ def stage(name: str) -> Callable:
 
 
 def say(message: str) -> None:
-    """A line for the person at the terminal (a stage event, a result); library output is not."""
+    """A line for the person at the terminal (a stage event, a result); library output is not.
+    With a log, the line goes to both."""
+    if _terminal is not None:
+        click.echo(message, file=_terminal)
     click.echo(message, err=True)
+
+
+def terminal() -> TextIO:
+    """Where a progress bar should draw: the terminal, even while output goes to a log."""
+    return _terminal if _terminal is not None else sys.stderr
+
+
+def _log_to_file(name: str) -> Path | None:
+    """Point file descriptors 1 and 2 at ``$CRYGEN_LOG_DIR/<name>.log`` for the rest of the
+    process (libraries keep writing there at exit), keeping the terminal for :func:`say`."""
+    global _terminal
+    log_dir = os.environ.get("CRYGEN_LOG_DIR")
+    if not log_dir or _terminal is not None:
+        return None
+    log = Path(log_dir) / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"==== {name} {started}: {' '.join(sys.argv)}", file=sys.stderr)
+    say(f"{name}: running (its libraries' output: {log})")  # in place of make's echo of the command
+    return log
 
 
 def peak_rss_mb() -> float:

@@ -9,7 +9,6 @@ torch versions, git commit, settings and seeds, device, wall time of each stage)
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from importlib import metadata
@@ -18,7 +17,7 @@ from pathlib import Path
 import click
 
 import crygen
-from crygen.cli import stage
+from crygen.cli import say, stage
 from crygen.fileio import CrygenError, read_json, write_json
 
 
@@ -46,14 +45,14 @@ def versions() -> dict[str, str | None]:
 
 @click.command(help=__doc__)
 @click.option("--run-dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--settings", required=True, help="JSON object of the run's settings (from the Makefile).")
+@click.option("--settings", "settings_file", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="JSON file of the run's settings (the Makefile's, normalised by crygen/settings.py).")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Default: RUN_DIR/summary.json.")
 @stage("summarize")
-def main(run_dir: Path, settings: str, out: Path | None):
-    try:
-        settings_obj = json.loads(settings)
-    except json.JSONDecodeError as e:
-        raise CrygenError(None, f"--settings is not JSON ({e.msg})") from None
+def main(run_dir: Path, settings_file: Path, out: Path | None):
+    settings_obj = read_json(settings_file)
+    if not isinstance(settings_obj, dict):
+        raise CrygenError(settings_file, "expected a JSON object of settings")
     ckpt = run_dir / "finetune" / "checkpoints" / "last.ckpt"
     metrics = read_json(run_dir / "evaluation" / "metrics.json")
     gen_dir = run_dir / "generation" / "results"
@@ -95,7 +94,7 @@ def main(run_dir: Path, settings: str, out: Path | None):
             "validation": {k: metrics[k] for k in ("unconditional", "conditioning")},
         }
     write_json(out or run_dir / "summary.json", summary)
-    click.echo(f"summarize: {out or run_dir / 'summary.json'}")
+    say(f"summarize: {out or run_dir / 'summary.json'}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, seed_everything, stage
+from crygen.cli import pick_device, say, seed_everything, stage
 from crygen.fileio import CrygenError, read_json
 
 
@@ -89,7 +89,7 @@ def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks,
         "num_atoms_distribution": mc.num_atoms_distribution(np.load(Path(data) / "train" / "num_atoms.npy")),
     }
     mc.write_model_dir(out, config, last, info)
-    click.echo(f"train_base: {n_params} parameters, {max_steps} steps -> {out}")
+    say(f"train_base: {n_params} parameters, {max_steps} steps -> {out}")
 
 
 if __name__ == "__main__":

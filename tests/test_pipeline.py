@@ -10,16 +10,39 @@ import zipfile
 import ase.io
 import pytest
 
-from tests.helpers import ROOT, make
+from tests.helpers import ROOT, error_line, make, run_stage
 
 pytestmark = pytest.mark.slow
+STAGES = ("prepare_data", "finetune", "validate", "generate", "evaluate_generated", "summarize")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def pipeline_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={out}")
-    return out
+    return out, make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={out}")
+
+
+@pytest.fixture(scope="module")
+def run_dir(pipeline_run):
+    return pipeline_run[0]
+
+
+def stamps_and_outputs(run_dir) -> dict[str, tuple[bytes, int]]:
+    files = [*(run_dir / ".stamps").iterdir(), run_dir / "summary.json", run_dir / "data" / "dataset.json",
+             run_dir / "evaluation" / "metrics.json", run_dir / "generation" / "results" / "metrics_summary.json"]
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+def test_the_terminal_gets_a_few_lines_and_the_logs_get_the_libraries(pipeline_run):
+    run_dir, proc = pipeline_run
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) <= 40, "\n".join(lines)
+    noise = ("GPU available", "TPU available", "Warning", "MODELS_PROJECT_ROOT", "pkg_resources")
+    assert not [line for line in lines if any(n in line for n in noise)], "\n".join(lines)
+    assert lines[-1] == f"pipeline: {run_dir}/summary.json"
+    logs = {stage: (run_dir / "logs" / f"{stage}.log").read_text() for stage in STAGES}
+    assert "GPU available" in logs["finetune"] and "MODELS_PROJECT_ROOT" in logs["finetune"]
+    assert f"summarize: {run_dir}/summary.json" in logs["summarize"]  # said lines are logged too
 
 
 def test_summary_has_every_key_filled(run_dir):
@@ -67,17 +90,20 @@ def test_eval_gen_on_a_plain_folder_of_cifs(run_dir, tmp_path):
 
 
 def test_second_run_does_nothing(run_dir):
+    before = stamps_and_outputs(run_dir)
     start = time.time()
     proc = make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}")
     assert time.time() - start < 10
-    assert "stages/" not in proc.stdout  # no stage ran
+    assert proc.stdout.strip() == f"pipeline: {run_dir}/summary.json" and not proc.stderr.strip()  # no stage ran
+    assert stamps_and_outputs(run_dir) == before
     # `pipeline` is phony (make -q always calls it stale); its real output must be up to date
     assert make("-q", str(run_dir / "summary.json"), "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}",
                 check=False).returncode == 0
 
 
 def test_changing_a_variable_redoes_only_the_stages_that_depend_on_it(run_dir):
-    # each plan rewrites the settings stamps, so every step changes one thing from the last
+    # each plan is against the run's own stamps: `make -n` writes none of them
+    before = stamps_and_outputs(run_dir)
     plan = make("-n", "pipeline", "EPOCHS=1", "NUM_GEN=2", "RELAX=0", f"OUT={run_dir}").stdout
     assert "stages/evaluate_generated.py" in plan and "--no-relax" in plan
     assert "stages/generate.py" not in plan
@@ -86,6 +112,8 @@ def test_changing_a_variable_redoes_only_the_stages_that_depend_on_it(run_dir):
     assert "stages/finetune.py" not in plan and "stages/prepare_data.py" not in plan
     plan = make("-n", "pipeline", "EPOCHS=2", "NUM_GEN=2", f"OUT={run_dir}").stdout
     assert "stages/finetune.py" in plan and "stages/prepare_data.py" not in plan
+    assert stamps_and_outputs(run_dir) == before
+    assert "stages/" not in make("-n", "pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={run_dir}").stdout
 
 
 def test_missing_base_model_is_a_one_line_error(tmp_path):
@@ -108,3 +136,30 @@ def test_num_gen_zero_through_make(tmp_path, num_gen, run_dir):
     assert "generate: error: NUM_GEN=0: must be at least 1" in proc.stderr
     # the earlier, complete generation is untouched
     assert len(ase.io.read(run_dir / "generation" / "results" / "generated_crystals.extxyz", ":")) == 2
+
+
+# ---------------------------------------------------------------- the console of one stage
+def test_with_a_log_an_unexpected_error_is_one_line_pointing_at_its_traceback(tmp_path):
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "metrics.json").write_text("{}")  # no metrics: a bug's KeyError, not a CrygenError
+    (tmp_path / "settings.json").write_text("{}")
+    args = ("--run-dir", tmp_path, "--settings", tmp_path / "settings.json")
+    logs = tmp_path / "logs"
+    proc = run_stage("summarize", *args, check=False, env={"CRYGEN_LOG_DIR": str(logs)})
+    log = logs / "summarize.log"
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"summarize: running (its libraries' output: {log})",
+                                        f"summarize: error: unexpected KeyError: 'baseline' (traceback in {log})"]
+    logged = log.read_text()
+    assert "Traceback (most recent call last)" in logged and all(line in logged for line in proc.stderr.splitlines())
+    bare = run_stage("summarize", *args, check=False, env={"CRYGEN_LOG_DIR": None})  # as before: the traceback
+    assert bare.returncode == 1 and "Traceback (most recent call last)" in bare.stderr
+
+
+def test_with_a_log_a_stage_error_still_reaches_the_terminal(tmp_path):
+    logs = tmp_path / "logs"
+    proc = run_stage("prepare_data", "--input", tmp_path / "absent.csv", "--out", tmp_path / "data", check=False,
+                     env={"CRYGEN_LOG_DIR": str(logs)})
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 2  # "running", then the error
+    assert error_line(proc).startswith(f"prepare_data: error: {tmp_path / 'absent.csv'}")
+    assert error_line(proc) in (logs / "prepare_data.log").read_text()
