@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 from crygen.fileio import CrygenError, atomic_path, one_line, read_json, sha256_file, sha256_files, sha256_tree, write_json
 from crygen.model_source import PUBLISHED_MODELS
+from crygen.settings import SECRET_NAME, credentials_file
 
 PROJECT = Path(__file__).resolve().parent.parent
 PROFILES = PROJECT / "remote" / "profiles"
@@ -62,10 +63,6 @@ _TARGET = re.compile(r"[a-z][a-z0-9-]*")
 
 
 # ---------------------------------------------------------------- credentials
-def credentials_file() -> Path:
-    return Path(os.environ.get("CRYGEN_CREDENTIALS", "~/.config/crygen/credentials")).expanduser()
-
-
 def read_credentials() -> dict[str, str]:
     """``NAME=value`` lines of the credentials file, which must be private (mode 0600)."""
     path = credentials_file()
@@ -210,7 +207,6 @@ def _expand(value: Any, where: str, lookup: Callable[[str], str | None]) -> Any:
     return filled
 
 
-_SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|APP_KEY|TICKET|TOKEN|PASSPHRASE")
 _SECRETS_TAKEN: dict[str, str] = {}
 
 
@@ -221,12 +217,12 @@ def make_lookup() -> Callable[[str], str | None]:
     credentials = read_credentials()
     builtins = {"CRYGEN_PROJECT": str(PROJECT),
                 "CRYGEN_SCRATCH": os.environ.get("CRYGEN_SCRATCH", str(PROJECT / "remote" / "scratch"))}
-    for name in [n for n in os.environ if _SECRET_NAME.search(n)]:
+    for name in [n for n in os.environ if SECRET_NAME.search(n)]:
         _SECRETS_TAKEN[name] = os.environ.pop(name)
         REDACT.add(_SECRETS_TAKEN[name])
 
     def lookup(name: str) -> str | None:
-        if _SECRET_NAME.search(name):
+        if SECRET_NAME.search(name):
             value = _SECRETS_TAKEN.get(name) or credentials.get(name)
             REDACT.add(value)
             return value
@@ -272,6 +268,9 @@ def job_variables(target: str, given: dict[str, str], defaults: dict[str, str]) 
     for name, value in given.items():
         if not _NAME.fullmatch(name):
             raise CrygenError(None, f"{name!r}: not a make variable name")
+        if SECRET_NAME.search(name):  # the Makefile refuses it first; a job never carries one
+            raise CrygenError(None, f"{name}: a secret travels only from the environment or {credentials_file()}, "
+                              "never as a job variable")
         if name not in JOB_OWNED_VARS:
             variables[name] = value
     return variables

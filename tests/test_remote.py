@@ -184,6 +184,32 @@ def test_bohrium_dry_run_builds_a_checked_job_without_secrets(profile, tmp_path)
     assert_no_secret(tmp_path, proc.stdout, proc.stderr)
 
 
+def test_a_secret_on_makes_command_line_is_refused_before_anything_is_written(tmp_path):
+    """Everyone sees a command line (ps) and the shell keeps it: make stops in one line naming
+    the variable, never its value, and no job folder is made."""
+    password = FAKE_SECRETS["BOHRIUM_PASSWORD"]
+    proc = make_remote(tmp_path, "remote", "MACHINE=bohrium", "TARGET=pipeline", "DRY_RUN=1", f"IMAGE={IMAGE}",
+                       f"BOHRIUM_PASSWORD={password}",
+                       env={**FAKE_ACCOUNT, "BOHRIUM_ACCESS_KEY": FAKE_SECRETS["BOHRIUM_ACCESS_KEY"]})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BOHRIUM_PASSWORD: a secret on make's command line" in lines[0], proc.stderr
+    assert password not in proc.stdout + proc.stderr
+    assert not (tmp_path / "jobs").exists()
+    with pytest.raises(CrygenError, match="BOHRIUM_PASSWORD: a secret travels only from the environment"):
+        remote.job_variables("pipeline", {"BOHRIUM_PASSWORD": password}, {})  # nor does job.py pass one on
+
+
+@pytest.mark.parametrize("profile", ["bohrium", "bohrium-openapi"])
+def test_secrets_from_the_environment_are_in_no_file_a_dry_run_writes(profile, tmp_path):
+    proc = make_remote(tmp_path, "remote", f"MACHINE={profile}", "TARGET=pipeline", "DRY_RUN=1", f"IMAGE={IMAGE}",
+                       "EPOCHS=2", env={**FAKE_ACCOUNT, **FAKE_SECRETS, "CRYGEN_CREDENTIALS": str(tmp_path / "none")})
+    assert_ok(proc)
+    job, record = only_job(tmp_path)
+    assert record["make_vars"]["EPOCHS"] == "2" and (job / "task" / "crygen-job.sh").is_file()
+    assert_no_secret(tmp_path, proc.stdout, proc.stderr)
+
+
 def test_a_bad_profile_stops_before_anything_is_staged(tmp_path):
     proc = make_remote(tmp_path, "remote", "MACHINE=bohrium", "TARGET=pipeline", "DRY_RUN=1",
                        env={"CRYGEN_CREDENTIALS": str(tmp_path / "none")})
