@@ -220,7 +220,7 @@ def data_module_config(
 
     def split(name: str) -> dict[str, Any]:
         return {
-            "_target_": "mattergen.common.data.dataset.CrystalDataset.from_cache_path",
+            "_target_": f"{__name__}.crystal_dataset_from_cache",
             "cache_path": str(cache_dir / name),
             "properties": properties,
             "transforms": [
@@ -245,6 +245,31 @@ def data_module_config(
         "batch_size": {"train": batch_size, "val": batch_size, "test": batch_size},
         "max_epochs": max_epochs,
     }
+
+
+def crystal_dataset_from_cache(cache_path: str, transforms: list | None = None, properties: list[str] | None = None,
+                               dataset_transforms: list | None = None):
+    """MatterGen's ``CrystalDataset.from_cache_path`` for crygen's dataset cache, whose property
+    files write a missing value as ``null`` (strict JSON, like every crygen output). MatterGen's
+    own reader would keep ``null`` as an object it cannot embed; here it becomes the NaN that
+    MatterGen's code takes for a missing value (the unconditional embedding)."""
+    import dataclasses
+
+    import numpy as np
+    from mattergen.common.data.dataset import CrystalDataset, CrystalDatasetBuilder
+
+    dataset = CrystalDatasetBuilder.from_cache_path(cache_path=cache_path, transforms=transforms,
+                                                    properties=[]).build(CrystalDataset)
+    values = {}
+    for name in properties or []:
+        raw = json.loads((Path(cache_path) / f"{name}.json").read_text())["values"]
+        values[name] = np.array([np.nan if v is None else v for v in raw])
+        if len(values[name]) != len(dataset.structure_id):
+            raise ValueError(f"{cache_path}/{name}.json: {len(values[name])} values for {len(dataset.structure_id)} structures")
+    dataset = dataclasses.replace(dataset, properties=values)
+    for transform in dataset_transforms or []:
+        dataset = transform(dataset)
+    return dataset
 
 
 def model_config(

@@ -6,9 +6,10 @@ model dir's ``crygen_model.json``) is its kind plus what generation checks a con
 against: ``float`` (range and statistics of the values), ``categorical`` (its labels; a
 binary column of yes/no, true/false or 0/1 becomes ``["no", "yes"]``), ``chemical_system``
 and ``space_group`` (both computed from the structure where the input has no value).
-Values are stored as MatterGen's ``<split>/<name>.json``: floats, category indices (NaN
-where missing: MatterGen trains the unconditional branch on those), chemical-system
-strings and space-group symbols.
+Values are stored as MatterGen's ``<split>/<name>.json``: floats, category indices (null
+where missing, strict JSON; read back as the NaN on which MatterGen trains the unconditional
+branch, see ``mattergen_compat.crystal_dataset_from_cache``), chemical-system strings and
+space-group symbols.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from crygen.fileio import CrygenError
+from crygen.fileio import CrygenError, dumps_json
 from crygen.mattergen_compat import CATEGORICAL, CHEMICAL_SYSTEM, FLOAT, SPACE_GROUP
 
 MISSING_LABELS = {"", "nan", "na", "n/a", "none", "null"}
@@ -184,8 +185,9 @@ def write_split_values(entries: Sequence, definitions: dict[str, dict[str, Any]]
     """MatterGen's ``<split>/<name>.json`` files, one value per structure in cache order."""
     for name, definition in definitions.items():
         values = [encode(e.properties.get(name), definition, e.structure) for e in entries]
-        (split_dir / f"{name}.json").write_text(json.dumps(
-            {"values": values, "property_source_doc_id": name, "origins": None}))
+        values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+        (split_dir / f"{name}.json").write_text(dumps_json(
+            {"values": values, "property_source_doc_id": name, "origins": None}, indent=None))
 
 
 def values_present(entries: Sequence, definitions: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -195,7 +197,9 @@ def values_present(entries: Sequence, definitions: dict[str, dict[str, Any]]) ->
 
 
 def read_split_values(data_dir: Path, split: str, name: str) -> list:
-    return json.loads((Path(data_dir) / split / f"{name}.json").read_text())["values"]
+    """One split's stored values, a missing one as NaN (as MatterGen holds it in memory)."""
+    values = json.loads((Path(data_dir) / split / f"{name}.json").read_text())["values"]
+    return [float("nan") if v is None else v for v in values]
 
 
 # --------------------------------------------------------------------------- conditions

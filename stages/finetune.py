@@ -9,8 +9,9 @@ changed settings never cost the previous model first. Re-running an interrupted 
 with the same settings resumes from the staging folder's checkpoints/last.ckpt.
 
 The learning rate defaults to MatterGen's own fine-tuning rate, 5e-6 (the configs of its
-published fine-tuned models; 20x below the 1e-4 its base was trained at): fine-tuning starts
-a fresh optimizer, and a base-training rate moves a trained model away from what it knows.
+published fine-tuned models; 20x below the 1e-4 its bases were trained at). Fine-tuning starts
+a fresh optimizer from a trained model, which MatterGen does at a rate well below its training
+rate; --lr sets another.
 
 --properties adds MatterGen's adapter (GemNetTAdapter) embedding those properties of the
 prepared dataset; --mode adapter trains only the adapter, full (MatterGen's default) the

@@ -43,10 +43,10 @@ def test_prepare_keeps_property_columns(property_data):
             stored = json.loads((property_data / split / f"{name}.json").read_text())
             assert stored["property_source_doc_id"] == name and len(stored["values"]) == len(ids)
             values.update({(name, i): v for i, v in zip(ids, stored["values"])})
-    assert np.isnan(values[("band_gap", "m3")]) and not np.isnan(values[("band_gap", "m4")])
-    # yes/true -> 1 ("yes"), no/0 -> 0 ("no"), empty -> NaN (trains the unconditional branch)
+    assert values[("band_gap", "m3")] is None and values[("band_gap", "m4")] > 0
+    # yes/true -> 1 ("yes"), no/0 -> 0 ("no"), empty -> null (trains the unconditional branch)
     assert [values[("solid_electrolyte", f"m{i}")] for i in range(4)][:2] == [1.0, 0.0]
-    assert np.isnan(values[("solid_electrolyte", "m2")])
+    assert values[("solid_electrolyte", "m2")] is None
     assert values[("solid_electrolyte", "m3")] == 1.0 and values[("solid_electrolyte", "m4")] == 0.0
 
 
@@ -240,7 +240,7 @@ def test_missing_values_train_and_validate_to_finite_numbers(gappy_model, gappy_
     run_stage("validate", "--base-model", tiny_model, "--finetuned-model", gappy_model, "--data", gappy_data,
               "--out", out, "--draws", "2", "--device", "cpu")
     m = json.loads(out.read_text(), parse_constant=lambda token: pytest.fail(f"{token} in metrics.json"))
-    missing = {n: sum(v is None or v != v for v in json.loads((gappy_data / "val" / f"{n}.json").read_text())["values"])
+    missing = {n: sum(v is None for v in json.loads((gappy_data / "val" / f"{n}.json").read_text())["values"])
                for n in GAPPY.split(",")}
     assert m["val_missing_values"] == missing and all(missing.values())
     for block in (m, m["conditioning"]):
