@@ -3,7 +3,9 @@
 Keys: checkpoint, metrics {baseline, finetuned, delta, delta_ci95}, conditioning (a
 property-conditioned run: properties, condition, guidance, conditional vs unconditional
 validation loss), generation_dir,
-generation_eval {count, metrics, relaxed} or {error}, and provenance (crygen, mattergen and
+generation_eval {count, metrics, relaxed, additional_metrics, withheld_metrics,
+validity_over_drawn_samples, potential_check, settings, ...} or {error} (a generation evaluation
+whose recorded settings are not this run's is refused), and provenance (crygen, mattergen and
 torch versions, git commit, settings and seeds, device, wall time of each stage).
 """
 
@@ -43,6 +45,25 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings: dict) -> None:
+    """Refuse a generation evaluation that is not this run's: one made with other settings
+    (RELAX, POTENTIAL, REFERENCE; e.g. `make eval-gen RELAX=0 EVAL_OUT=<this run's results>`),
+    of other structures, reference content or training set than the run's now."""
+    from crygen.evaluation import evaluation_settings, settings_differences
+    from crygen.reference import reference_file
+    from crygen.relaxation import FMAX_DEFAULT, MAX_STEPS_DEFAULT, potential_identity
+
+    relax = str(settings.get("RELAX", "1")).lower() not in ("0", "no", "false")
+    expected = evaluation_settings(
+        path.parent, reference_file(settings.get("REFERENCE", "default")), run_dir / "data", relax,
+        potential_identity(settings.get("POTENTIAL", "chgnet")) if relax else None, FMAX_DEFAULT, MAX_STEPS_DEFAULT)
+    differing = settings_differences(summary.get("settings") or {}, expected)
+    if differing:
+        raise CrygenError(path, f"not this run's evaluation: its {', '.join(differing)} differ from the run's "
+                                f"(RELAX={settings.get('RELAX')} POTENTIAL={settings.get('POTENTIAL')} "
+                                f"REFERENCE={settings.get('REFERENCE')}); remove it and run make pipeline again")
+
+
 @click.command(help=__doc__)
 @click.option("--run-dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--settings", "settings_file", required=True, type=click.Path(path_type=Path, dir_okay=False),
@@ -60,7 +81,9 @@ def main(run_dir: Path, settings_file: Path, out: Path | None):
     eval_error = gen_dir / "EVALUATION_FAILED.txt"
     if eval_summary.is_file() and not eval_error.is_file():
         s = read_json(eval_summary)
-        generation_eval = {k: s[k] for k in ("count", "metrics", "relaxed", "additional_metrics",
+        check_evaluation_settings(eval_summary, s, run_dir, settings_obj)
+        generation_eval = {k: s[k] for k in ("count", "metrics", "relaxed", "additional_metrics", "withheld_metrics",
+                                             "validity_over_drawn_samples", "potential_check", "settings",
                                              "uncovered_chemical_systems", "condition") if k in s}
     else:
         reason = eval_error.read_text().strip() if eval_error.is_file() else "no metrics_summary.json"
@@ -82,7 +105,7 @@ def main(run_dir: Path, settings_file: Path, out: Path | None):
             "seeds": {"pipeline": settings_obj.get("SEED"), "validation": metrics.get("seed"),
                       "generation": gen_info.get("seed")},
             "device": gen_info.get("device"),
-            "validation": {k: metrics.get(k) for k in ("n_val", "draws", "pairing")},
+            "validation": {k: metrics.get(k) for k in ("n_val", "draws", "pairing", "interval")},
             "stages": timings,
         },
     }
