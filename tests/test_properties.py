@@ -187,7 +187,9 @@ def test_validate_reports_conditional_and_unconditional_loss(conditioned_model, 
     assert isinstance(m["finetuned"]["loss"], float) and isinstance(m["unconditional"]["loss"], float)
     c = m["conditioning"]
     assert c["baseline"]["loss"] == m["unconditional"]["loss"] and c["finetuned"]["loss"] == m["finetuned"]["loss"]
-    assert c["delta_ci95"]["loss"][0] <= c["delta"]["loss"] <= c["delta_ci95"]["loss"][1]
+    # the conditioning delta rests on the validation structures, each with its own difference
+    assert c["interval"]["unit"] == "structure" and c["interval"]["n"] == m["n_val"] == 3
+    assert c["delta_ci95"]["loss"][1] - c["delta_ci95"]["loss"][0] > 0
     # the adapter's unconditional embedding is zero: without a condition it is the base model
     assert m["unconditional"]["loss"] == pytest.approx(m["baseline"]["loss"], rel=1e-4)
 
