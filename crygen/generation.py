@@ -1,17 +1,19 @@
-"""Sampling with MatterGen's own predictor-corrector, batch by batch, surviving bad batches.
+"""Sampling with MatterGen's own predictor-corrector, batch by batch, accounting for every sample.
 
 MatterGen's ``CrystalGenerator`` samples every batch in one go and loses all of them when
-one sample diverges (cells blow up, GemNet finds no neighbours and raises). Here each batch
-is drawn on its own with its own seed; a batch that raises is drawn again with another seed
-and half the size (so one diverging sample costs less each time), and structures whose cell
-is not finite and positive are discarded and replaced, up to a bounded number of failures.
+one sample diverges (cells blow up, GemNet finds no neighbours and raises). Here NUM_GEN
+samples are drawn in a fixed plan of batches, each with a seed from SEED and its number
+alone. A sample whose cell is not finite, collapsed or blown up cannot be written as a
+crystal: it is counted (``failed_sanity_check``), never replaced by another draw. A batch
+whose sampler raises loses its samples (counted, with the error) and is drawn again with
+the seed of its next retry, a bounded number of times. So the metrics describe what the
+model makes, and ``GenerationResult.samples()`` says what became of every drawn sample.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import sys
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from crygen import mattergen_compat as mc
+from crygen.cli import say
 from crygen.fileio import one_line
 
 TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
@@ -35,11 +38,22 @@ class GenerationResult:
     structures: list = field(default_factory=list)
     trajectories: list = field(default_factory=list)  # per structure: list of pymatgen Structures
     batch_size: int = 0
-    batches_run: int = 0
-    failed_batches: list = field(default_factory=list)  # error messages
-    discarded: int = 0  # structures dropped for a non-finite or collapsed cell
+    batches_run: int = 0  # draws of a batch, retries included
+    drawn: int = 0  # samples the sampler started on, counted as each batch is drawn
+    # {"batch", "retry", "size", "error"} per draw whose sampler raised (its samples are lost)
+    failed_batches: list = field(default_factory=list)
+    failed_sanity_check: int = 0  # samples drawn, not written: see SANITY_CHECK
     sampling_overrides: list = field(default_factory=list)  # the model dir's own (crygen_model.json)
     seconds: float = 0.0
+
+    @property
+    def lost_in_failed_batches(self) -> int:
+        return sum(f["size"] for f in self.failed_batches)
+
+    def samples(self) -> dict[str, Any]:
+        """What became of every drawn sample (generation.json's ``samples``)."""
+        return {"drawn": self.drawn, "written": len(self.structures), "failed_sanity_check": self.failed_sanity_check,
+                "lost_in_failed_batches": self.lost_in_failed_batches, "failed_batches": list(self.failed_batches)}
 
 
 # Peak memory per structure in a sampling batch, measured (tests/bench_models.py, peak RSS
@@ -170,13 +184,38 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
+SANITY_CHECK = "a finite cell of more than 0.1 A^3 per atom, every cell length below 1000 A"
+
+
 def _is_sane(structure) -> bool:
+    """Whether a sample can be written as a crystal (SANITY_CHECK)."""
     lat = structure.lattice
     return (
         all(math.isfinite(x) for x in lat.abc + lat.angles)
         and lat.volume > 0.1 * len(structure)
         and max(lat.abc) < 1000.0
     )
+
+
+MAX_RETRIES = 2  # a batch whose sampler raises is drawn again at most this often, each time with its own seed
+
+
+class GenerationFailure(RuntimeError):
+    """Sampling gave up: a batch failed on every draw, or no sample passed the sanity check."""
+
+
+def batch_sizes(num_gen: int, batch_size: int) -> list[int]:
+    """The fixed plan: NUM_GEN samples in batches of ``batch_size``, the last one smaller."""
+    return [min(batch_size, num_gen - start) for start in range(0, num_gen, batch_size)]
+
+
+def batch_seed(seed: int, batch: int, retry: int) -> int:
+    """The seed of batch ``batch`` (numbered from 1) on its ``retry``-th redraw: a pure function
+    of the three, never of what happened before, so any batch can be drawn again on its own
+    (and generation split into blocks) with the same result. A 32-bit value, as numpy needs."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, batch, retry]).generate_state(1)[0])
 
 
 def generate(
@@ -188,12 +227,20 @@ def generate(
     guidance: float = 0.0,
     properties: dict[str, Any] | None = None,
     record_trajectories: bool = True,
-    max_failed_batches: int = 8,
-    log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    max_retries: int = MAX_RETRIES,
+    log=say,
 ) -> GenerationResult:
+    """Draw ``num_gen`` samples in the batches of :func:`batch_sizes`, accounting for each.
+
+    A sample that fails :func:`_is_sane` is counted, not written; a batch whose sampler raises
+    loses its samples (counted, with the error) and is drawn again, at most ``max_retries``
+    times, with seeds from :func:`batch_seed`; a batch that fails every time ends generation
+    (:class:`GenerationFailure`), as does a failure within the first denoising step
+    (:class:`ModelFailure`: the model itself) and a run in which no sample passed the check."""
     import numpy as np
     import torch
     from mattergen.common.data.condition_factory import get_number_of_atoms_condition_loader
+    from mattergen.common.utils.data_utils import lattice_matrix_to_params_torch
     from mattergen.generator import structure_from_model_output, structures_from_trajectory
 
     config = mc.load_model_config(model_dir)
@@ -209,60 +256,58 @@ def generate(
     probe = ScoreProbe(sampler)
     result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device),
                               sampling_overrides=overrides)
+    plan = batch_sizes(num_gen, result.batch_size)
     start = time.time()
-    attempt = 0
-    shrink = 1  # after a failed batch, smaller batches isolate the diverging sample
-    while len(result.structures) < num_gen:
-        n = max(1, min(result.batch_size // shrink, num_gen - len(result.structures)))
-        torch.manual_seed(seed + attempt)
-        # MatterGen draws each sample's atom count from numpy's global generator
-        np.random.seed(seed + attempt)
-        attempt += 1
-        loader = get_number_of_atoms_condition_loader(
-            num_atoms_distribution=dist_name, num_samples=n, batch_size=n, shuffle=False,
-            properties=properties,
-        )
-        (conditioning, mask), = list(loader)
-        log(f"generate: batch {attempt} of {n} structures (have {len(result.structures)}/{num_gen})")
-        probe.new_batch()
-        try:
-            if record_trajectories:
-                _, mean, records = sampler.sample_with_record(conditioning, mask)
-            else:
-                _, mean = sampler.sample(conditioning, mask)
-                records = None
-            mean = mean.to("cpu")
-            from mattergen.common.utils.data_utils import lattice_matrix_to_params_torch
-
-            lengths, angles = lattice_matrix_to_params_torch(mean.cell)
-            structures = structure_from_model_output(
-                mean.pos, mean.atomic_numbers, lengths, angles, mean.num_atoms
+    for batch, n in enumerate(plan, start=1):
+        for retry in range(max_retries + 1):
+            # MatterGen draws each sample's atom count from numpy's global generator
+            torch.manual_seed(batch_seed(seed, batch, retry))
+            np.random.seed(batch_seed(seed, batch, retry))
+            loader = get_number_of_atoms_condition_loader(
+                num_atoms_distribution=dist_name, num_samples=n, batch_size=n, shuffle=False,
+                properties=properties,
             )
-        except Exception as e:  # a diverging sample surfaces as many error types
-            model_failure = probe.failure(e)
-            if model_failure is not None:
-                raise model_failure from e
-            msg = f"batch {attempt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log(f"generate: {msg}; drawing it again, smaller, with another seed")
-            result.failed_batches.append(msg)
-            shrink *= 2
-            if len(result.failed_batches) > max_failed_batches:
-                raise RuntimeError(
-                    f"{len(result.failed_batches)} batches failed; last: {msg}"
-                ) from e
-            continue
-        finally:
+            (conditioning, mask), = list(loader)
+            probe.new_batch()
             result.batches_run += 1
-        shrink = 1
-        keep = [i for i, s in enumerate(structures) if _is_sane(s)]
-        result.discarded += len(structures) - len(keep)
-        result.structures.extend(structures[i] for i in keep)
-        if records is not None:
-            step = max(1, len(records) // TRAJECTORY_FRAMES)
-            frames = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
-            per_frame = [structures_from_trajectory([f]) for f in frames]
-            result.trajectories.extend([frame[i] for frame in per_frame] for i in keep)
+            result.drawn += n
+            try:
+                if record_trajectories:
+                    _, mean, records = sampler.sample_with_record(conditioning, mask)
+                else:
+                    _, mean = sampler.sample(conditioning, mask)
+                    records = None
+                mean = mean.to("cpu")
+                lengths, angles = lattice_matrix_to_params_torch(mean.cell)
+                structures = structure_from_model_output(
+                    mean.pos, mean.atomic_numbers, lengths, angles, mean.num_atoms
+                )
+            except Exception as e:  # a diverging sample surfaces as many error types
+                model_failure = probe.failure(e)
+                if model_failure is not None:
+                    raise model_failure from e
+                result.failed_batches.append({"batch": batch, "retry": retry, "size": n, "error": one_line(e)})
+                if retry == max_retries:
+                    raise GenerationFailure(
+                        f"batch {batch}/{len(plan)} failed on all {max_retries + 1} draws, each with its own seed "
+                        f"(last: {one_line(e)}): the model's samples diverge too often") from e
+                log(f"generate: batch {batch}/{len(plan)} failed ({one_line(e)}); its {n} samples are "
+                    f"counted as lost, drawing it again (retry {retry + 1} of {max_retries})")
+                continue
+            keep = [i for i, s in enumerate(structures) if _is_sane(s)]
+            result.failed_sanity_check += len(structures) - len(keep)
+            result.structures.extend(structures[i] for i in keep)
+            if records is not None:
+                step = max(1, len(records) // TRAJECTORY_FRAMES)
+                frames = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
+                per_frame = [structures_from_trajectory([f]) for f in frames]
+                result.trajectories.extend([frame[i] for frame in per_frame] for i in keep)
+            break
+        log(f"generate: batch {batch}/{len(plan)}: {len(result.structures)} structures written of "
+            f"{result.drawn} drawn, {time.time() - start:.0f} s")
     result.seconds = time.time() - start
+    if not result.structures:
+        raise GenerationFailure(f"none of the {result.drawn} samples drawn passed the sanity check ({SANITY_CHECK})")
     return result
 
 

@@ -1,12 +1,21 @@
-"""Generate NUM_GEN crystals with the fine-tuned model, or with any model dir (--model).
+"""Generate crystals: NUM_GEN samples drawn from the fine-tuned model, or any model dir (--model).
 
 In the pipeline (--base-model, --finetuned, --model-out) it writes model_for_generation/ (the
 base model's config with the fine-tuned checkpoint, a MatterGen model dir that MatterGen's
 own generator loads). With --model (`make sample`) it samples that model dir as it is: a
-path or a published MatterGen model name. Under --out it writes
-generated_crystals.extxyz, generated_crystals_cif.zip, generated_trajectories.zip and
-generation.json. The batch size is chosen from NUM_GEN and the memory at hand unless given.
-On failure GENERATION_FAILED.txt holds the reason and the exit status is non-zero.
+path or a published MatterGen model name. The batch size is chosen from NUM_GEN and the
+memory at hand unless given.
+
+NUM_GEN is the number of samples drawn, and fewer may be written: a sample whose cell is not
+finite, collapsed or blown up fails the sanity check and is counted, not written, nor drawn
+again. A batch whose sampler raises (a diverging sample takes its batch with it) is drawn
+again, at most twice, each time with its own seed; its samples are counted as lost.
+generation.json's "samples" says what became of every sample drawn.
+
+--out is the results folder, replaced whole when all of generated_crystals.extxyz,
+generated_crystals_cif.zip, generated_trajectories.zip and generation.json are written (an
+earlier evaluation in it goes with it). On failure GENERATION_FAILED.txt there holds the reason,
+an earlier complete result stays as it was, and the exit status is non-zero.
 
 --condition 'name=value,...' conditions on properties the model was fine-tuned on, with
 classifier-free guidance --guidance (0: the unconditional model, 1: the conditional one,
@@ -19,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, stage
+from crygen.cli import pick_device, say, stage
 from crygen.fileio import CrygenError, atomic_path, write_json
 
 
@@ -29,7 +38,7 @@ from crygen.fileio import CrygenError, atomic_path, write_json
 @click.option("--finetuned", default=None, type=click.Path(path_type=Path), help="Fine-tuned model dir (its checkpoint).")
 @click.option("--model-out", default=None, type=click.Path(path_type=Path), help="model_for_generation dir to write.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Results folder.")
-@click.option("--num-gen", required=True, type=int)
+@click.option("--num-gen", required=True, type=int, help="Samples to draw (fewer may pass the sanity check).")
 @click.option("--batch-size", default=0, show_default=True, type=click.IntRange(0), help="0 = automatic.")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--trajectories/--no-trajectories", default=True, show_default=True)
@@ -40,9 +49,8 @@ from crygen.fileio import CrygenError, atomic_path, write_json
 def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device, condition,
          guidance):
     from crygen import mattergen_compat as mc
-    from crygen.generation import generate, write_trajectories
+    from crygen.generation import generate
     from crygen.properties import parse_condition
-    from crygen.structures import write_structures
 
     if num_gen < 1:
         raise CrygenError(None, f"NUM_GEN={num_gen}: must be at least 1")
@@ -59,8 +67,8 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
         raise CrygenError(None, f"GUIDANCE={guidance:g}: must be at least 0")
     device = pick_device(device)
     out = Path(out)
+    check_results_folder(out)
     failed = out / "GENERATION_FAILED.txt"
-    failed.unlink(missing_ok=True)
     if model is None:
         info = mc.read_model_info(finetuned) or mc.read_model_info(base_model)
         # a property-conditioned model has its own (adapter) architecture, not the base's
@@ -70,35 +78,56 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
     try:
         result = generate(model_dir, num_gen, seed, device=device, batch_size=batch_size or None,
                           record_trajectories=trajectories, properties=target or None,
-                          guidance=guidance if target else 0.0)
+                          guidance=guidance if target else 0.0, log=say)
+        # every output is written into a new folder that replaces the results folder in one step:
+        # an interrupted or failed run leaves no target that looks finished, nor a mix of two runs
+        with atomic_path(out) as new:
+            new.mkdir()
+            write_results(new, result, trajectories, {
+                "seed": seed,
+                "device": device,
+                "model_dir": str(Path(model_dir).resolve()),
+                **({"condition": target, "guidance": guidance} if target else {}),
+            })
     except Exception as e:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(failed) as tmp:
             tmp.write_text(f"{type(e).__name__}: {e}\n")
         raise CrygenError(failed, f"generation failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    samples = result.samples()
+    say(f"generate: {samples['written']} structures written of {samples['drawn']} samples drawn "
+        f"({samples['failed_sanity_check']} failed the sanity check, {samples['lost_in_failed_batches']} lost in "
+        f"failed batches) in {result.seconds:.0f} s (batch {result.batch_size}) -> {out}")
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def check_results_folder(out: Path) -> None:
+    """The results folder is replaced whole: refuse one that holds files but no generation."""
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).is_file()
+                                                       for name in ("generation.json", "GENERATION_FAILED.txt")):
+        raise CrygenError(out, "holds files but no generation (generation.json): generate replaces its results "
+                               "folder whole, so give a new or empty folder")
+
+
+def write_results(folder: Path, result, trajectories: bool, settings: dict) -> None:
+    from crygen.generation import SANITY_CHECK, write_trajectories
+    from crygen.structures import write_structures
+
     if trajectories:
-        write_trajectories(result.trajectories, out / "generated_trajectories.zip")
-    write_structures(result.structures, out / "generated_crystals.extxyz", out / "generated_crystals_cif.zip")
-    rate = len(result.structures) / result.seconds * 60 if result.seconds else float("nan")
-    write_json(out / "generation.json", {
+        write_trajectories(result.trajectories, folder / "generated_trajectories.zip")
+    write_structures(result.structures, folder / "generated_crystals.extxyz", folder / "generated_crystals_cif.zip")
+    write_json(folder / "generation.json", {
         "num_generated": len(result.structures),
+        # every sample drawn: drawn = written + failed_sanity_check + lost_in_failed_batches
+        "samples": result.samples(),
+        "sanity_check": SANITY_CHECK,
         "batch_size": result.batch_size,
         "batches_run": result.batches_run,
-        "failed_batches": result.failed_batches,
-        "discarded_structures": result.discarded,
-        "seed": seed,
-        "device": device,
         "sampling_seconds": round(result.seconds, 2),
-        "structures_per_minute": round(rate, 2),
-        "model_dir": str(Path(model_dir).resolve()),
-        **({"condition": target, "guidance": guidance} if target else {}),
+        "structures_per_minute": round(len(result.structures) / result.seconds * 60 if result.seconds else 0.0, 2),
+        **settings,
         # a model dir's own sampling settings (crygen_model.json), which change what is drawn
         **({"sampling_overrides": result.sampling_overrides} if result.sampling_overrides else {}),
     })
-    click.echo(f"generate: {len(result.structures)} structures in {result.seconds:.0f} s "
-               f"(batch {result.batch_size}) -> {out}")
 
 
 if __name__ == "__main__":

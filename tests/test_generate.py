@@ -12,9 +12,16 @@ from tests.helpers import error_line, run_stage
 
 
 def test_generate_writes_all_outputs(tmp_path, fast_base_model):
+    """... and only them: an earlier run's failure note and evaluation, which describe other
+    structures, go with the folder they were in."""
     out = tmp_path / "results"
+    out.mkdir()
+    (out / "GENERATION_FAILED.txt").write_text("an earlier failure\n")
+    (out / "metrics_summary.json").write_text("{}\n")
     run_stage("generate", "--base-model", fast_base_model, "--finetuned", fast_base_model,
               "--model-out", tmp_path / "mfg", "--out", out, "--num-gen", 3, "--seed", 7)
+    assert sorted(p.name for p in out.iterdir()) == ["generated_crystals.extxyz", "generated_crystals_cif.zip",
+                                                     "generated_trajectories.zip", "generation.json"]
     frames = ase.io.read(out / "generated_crystals.extxyz", ":")
     assert len(frames) == 3
     with zipfile.ZipFile(out / "generated_crystals_cif.zip") as zf:
@@ -76,14 +83,138 @@ def _sampler_failing_at_call(fail_at: int, message: str):
     return failing_sampler
 
 
-def test_a_diverging_batch_is_drawn_again(fast_base_model, monkeypatch):
-    """The first batch raises mid-way, as GemNet does when a cell blows up; generation goes on."""
+def test_a_diverging_batch_is_drawn_again_and_counted(fast_base_model, monkeypatch):
+    """The first batch raises mid-way, as GemNet does when a cell blows up: its samples are
+    counted as lost, it is drawn again with its retry's seed, and the next batch is drawn
+    exactly as in a run where nothing failed (seeds depend on SEED and the batch alone)."""
+    clean = generation.generate(fast_base_model, 4, seed=1, batch_size=2, record_trajectories=False)
     message = "cannot reshape tensor of 0 elements (no neighbours)"
     monkeypatch.setattr(generation, "_sampler", _sampler_failing_at_call(7, message))
-    result = generation.generate(fast_base_model, 4, seed=1, batch_size=4, record_trajectories=False)
-    assert len(result.structures) == 4
-    assert result.failed_batches == [f"batch 1: RuntimeError: {message}"]
-    assert result.batches_run == 3  # the failed batch of 4 was redrawn as two batches of 2
+    result = generation.generate(fast_base_model, 4, seed=1, batch_size=2, record_trajectories=False)
+    assert result.failed_batches == [{"batch": 1, "retry": 0, "size": 2, "error": f"RuntimeError: {message}"}]
+    assert result.batches_run == 3
+    samples = result.samples()
+    assert samples["lost_in_failed_batches"] == 2
+    assert samples["drawn"] == 6 == samples["written"] + samples["failed_sanity_check"] + 2
+    assert len(result.structures) == samples["written"]
+    assert [s.composition for s in result.structures[-2:]] == [s.composition for s in clean.structures[-2:]]
+    assert result.structures[-1].lattice.abc == pytest.approx(clean.structures[-1].lattice.abc)
+    # the redrawn first batch has a seed of its own, not the clean run's
+    assert result.structures[0].lattice.abc != pytest.approx(clean.structures[0].lattice.abc)
+
+
+def test_batch_seeds_depend_on_seed_batch_and_retry_alone():
+    seeds = {generation.batch_seed(seed, batch, retry) for seed in (0, 1) for batch in (1, 2) for retry in (0, 1)}
+    assert len(seeds) == 8 and all(0 <= s < 2**32 for s in seeds)
+    assert generation.batch_seed(42, 3, 1) == generation.batch_seed(42, 3, 1)
+    assert generation.batch_sizes(10, 4) == [4, 4, 2]
+
+
+def with_cell_corrector(model_dir, dest, snr: float, max_step_size: float):
+    """``model_dir`` on a 10-step schedule, its cell corrector overshooting (MatterGen's snr
+    0.2, step up to 1e6): each Langevin step moves cells by up to sqrt(2 * max_step_size) A of
+    noise, so some cells blow up (or all of them, and the sampler raises: no neighbours)."""
+    import json
+
+    from crygen import mattergen_compat as mc
+    from tests.helpers import with_diffusion_steps
+
+    with_diffusion_steps(model_dir, dest, 10)
+    info = mc.read_model_info(dest)
+    info["sampling_overrides"] = [f"sampler_partial.corrector_partials.cell.snr={float(snr)}",
+                                  f"sampler_partial.corrector_partials.cell.max_step_size={float(max_step_size)}"]
+    (dest / mc.CRYGEN_MODEL_INFO).write_text(json.dumps(info))
+    return dest
+
+
+def test_samples_failing_the_sanity_check_are_counted_not_replaced(tmp_path):
+    """Cells blown past 1000 A cannot be written as crystals: they are counted, not drawn
+    again, and generation.json says what became of every one of the NUM_GEN samples."""
+    import json
+
+    from tests.helpers import BASE_MODEL
+
+    model = with_cell_corrector(BASE_MODEL, tmp_path / "model", snr=20, max_step_size=5)
+    out = tmp_path / "results"
+    run_stage("generate", "--model", model, "--out", out, "--num-gen", 8, "--batch-size", 8, "--seed", 1,
+              "--no-trajectories")
+    info = json.loads((out / "generation.json").read_text())
+    samples = info["samples"]
+    assert samples["failed_sanity_check"] >= 1
+    assert samples["lost_in_failed_batches"] == sum(f["size"] for f in samples["failed_batches"])
+    assert samples["drawn"] == samples["written"] + samples["failed_sanity_check"] + samples["lost_in_failed_batches"]
+    assert samples["drawn"] - samples["lost_in_failed_batches"] == 8  # NUM_GEN samples drawn, none replaced
+    assert info["num_generated"] == samples["written"] == len(ase.io.read(out / "generated_crystals.extxyz", ":"))
+    with zipfile.ZipFile(out / "generated_crystals_cif.zip") as zf:
+        assert len(zf.namelist()) == samples["written"]
+
+
+def test_a_model_whose_every_batch_fails_ends_in_one_line(tmp_path):
+    """Every draw of the batch diverges after the first step (no neighbours): after the bounded
+    retries generation stops with one line, and no result appears."""
+    from tests.helpers import BASE_MODEL
+
+    model = with_cell_corrector(BASE_MODEL, tmp_path / "model", snr=100, max_step_size=10)
+    out = tmp_path / "results"
+    proc = run_stage("generate", "--model", model, "--out", out, "--num-gen", 4, "--batch-size", 4, "--seed", 1,
+                     "--no-trajectories", check=False)
+    assert proc.returncode == 2
+    assert error_line(proc).startswith(f"generate: error: {out / 'GENERATION_FAILED.txt'}: generation failed: "
+                                       f"GenerationFailure: batch 1/1 failed on all {generation.MAX_RETRIES + 1} draws")
+    assert proc.stderr.count("failed (") == generation.MAX_RETRIES  # each retry announced, then the end
+    assert sorted(p.name for p in out.iterdir()) == ["GENERATION_FAILED.txt"]
+
+
+def _stage_module():
+    import importlib.util
+
+    from tests.helpers import STAGES
+
+    spec = importlib.util.spec_from_file_location("generate_stage", STAGES / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failure_after_sampling_leaves_the_earlier_result_whole(tmp_path, fast_base_model, monkeypatch):
+    """generation.json cannot be written (here: refused as it would be for a NaN) after the
+    structures are drawn: the earlier result, target included, stays as it was, the failure
+    is one line and GENERATION_FAILED.txt, and nothing half-written is left behind."""
+    from click.testing import CliRunner
+
+    from crygen import fileio
+
+    out = tmp_path / "results"
+    out.mkdir()
+    earlier = {"generated_crystals.extxyz": "earlier structures\n", "generation.json": "{}\n",
+               "metrics_summary.json": "{}\n"}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    real_dumps = fileio.dumps_json
+
+    def refusing_generation_json(data, *args, **kwargs):
+        if isinstance(data, dict) and "num_generated" in data:
+            raise ValueError("Out of range float values are not JSON compliant: sampling_seconds")
+        return real_dumps(data, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "dumps_json", refusing_generation_json)
+    proc = CliRunner().invoke(_stage_module().main, [
+        "--model", str(fast_base_model), "--out", str(out), "--num-gen", "2", "--seed", "3"])
+    assert proc.exit_code == 2
+    assert "generation failed: ValueError: Out of range float" in proc.output
+    assert {p.name: p.read_text() for p in out.iterdir() if p.name != "GENERATION_FAILED.txt"} == earlier
+    assert "ValueError" in (out / "GENERATION_FAILED.txt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no temporary folder left
+
+
+def test_a_folder_holding_other_files_is_not_replaced(tmp_path, fast_base_model):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me\n")
+    proc = run_stage("generate", "--model", fast_base_model, "--out", out, "--num-gen", 2, check=False)
+    assert proc.returncode == 2
+    assert error_line(proc).startswith(f"generate: error: {out}: holds files but no generation")
+    assert (out / "notes.txt").read_text() == "keep me\n"
 
 
 def test_a_model_failing_in_its_first_step_is_not_drawn_again(fast_base_model, monkeypatch):
