@@ -194,7 +194,7 @@ $(SAMPLE_OUT)/results/generated_crystals.extxyz: $(wildcard $(MODEL)/checkpoints
 	  --condition $(call shq,$(CONDITION)) --guidance $(GUIDANCE)
 
 $(SAMPLE_OUT)/results/metrics_summary.json: $(SAMPLE_OUT)/results/generated_crystals.extxyz $(SAMPLE_OUT)/.stamps/evaluate | $(SETUP)
-	$(PY) stages/evaluate_generated.py --results $(SAMPLE_OUT)/results --out $(SAMPLE_OUT)/results $(EVAL_ARGS)
+	$(Q)$(PY) stages/evaluate_generated.py --results $(SAMPLE_OUT)/results --out $(SAMPLE_OUT)/results $(EVAL_ARGS)
 
 # In the pipeline an evaluation failure is recorded (summary.json says why) and the run
 # goes on; `make eval-gen` on its own fails with the reason.
@@ -203,13 +203,13 @@ EVAL_ARGS = --reference $(REFERENCE) --potential $(POTENTIAL) --device $(DEVICE)
   $(if $(filter 1 yes true,$(ALLOW_POTENTIAL_MISMATCH)),--allow-potential-mismatch)
 
 $(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/generated_crystals.extxyz $(OUT)/data/dataset.json $(STAMP)/evaluate | $(SETUP)
-	$(PY) stages/evaluate_generated.py --results $(OUT)/generation/results --out $(OUT)/generation/results \
+	$(Q)$(PY) stages/evaluate_generated.py --results $(OUT)/generation/results --out $(OUT)/generation/results \
 	  --training-data $(OUT)/data $(EVAL_ARGS) --failure-file $(OUT)/generation/results/EVALUATION_FAILED.txt
 
 # Without EVAL_OUT the results land in RESULTS/evaluations/<settings>, never over a
 # pipeline's own evaluation.
 eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF folder> RELAX POTENTIAL REFERENCE EVAL_OUT ALLOW_POTENTIAL_MISMATCH
-	$(PY) stages/evaluate_generated.py --results $(RESULTS) $(EVAL_ARGS) \
+	$(Q)$(PY) stages/evaluate_generated.py --results $(RESULTS) $(EVAL_ARGS) \
 	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--training-data $(REFERENCE_DATA)) \
 	  $(if $(EVAL_OUT),--out $(EVAL_OUT))
 

@@ -122,18 +122,18 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
 
     structures, names = _read(source)
     samples = sample_counts(generation, len(structures), results / "generation.json")
+    disordered = [name for name, s in zip(names, structures) if not s.is_ordered]
+    if relax and disordered:
+        raise CrygenError(source / disordered[0] if source.is_dir() and disordered[0].endswith(".cif") else source,
+                          f"{len(disordered)} of {len(structures)} structures disordered (partial occupancies; "
+                          f"first: {disordered[0]}): relaxation needs ordered structures; RELAX=0 "
+                          f"(--no-relax) evaluates them without stability")
     reference, reference_info = load_reference(reference_spec, settings["reference_sha256"])
     training = training_structures(training_data)
     novelty_reference = with_training_set(reference, training)
 
     energies = relaxed = None
     if relax:
-        disordered = [name for name, s in zip(names, structures) if not s.is_ordered]
-        if disordered:
-            raise CrygenError(source / disordered[0] if source.is_dir() and disordered[0].endswith(".cif") else source,
-                              f"{len(disordered)} of {len(structures)} structures disordered (partial occupancies; "
-                              f"first: {disordered[0]}): relaxation needs ordered structures; RELAX=0 "
-                              f"(--no-relax) evaluates them without stability")
         model = load_potential(potential_spec, pick_device(device))
         say(f"evaluate_generated: relaxing {len(structures)} structures with {model.name}")
         relaxed = relax_structures(structures, model, fmax=fmax, max_steps=max_steps, progress=True)
