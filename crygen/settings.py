@@ -94,7 +94,7 @@ def choice(*options: str) -> Callable[[str], str]:
 
 
 def flag(text: str) -> bool:
-    value = text.strip().lower()
+    value = text.strip()  # as the Makefile's $(filter 1 yes true, ...) reads it: lower case
     if value in ("1", "yes", "true"):
         return True
     if value in ("0", "no", "false"):

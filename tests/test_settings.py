@@ -22,7 +22,7 @@ from tests.helpers import NACL_CIF, ROOT, cif, error_line, make, run_stage, subp
     ("VAL_FRACTION=2", "VAL_FRACTION=2: must be at least 0 and at most 0.9"),
     ("GUIDANCE=nan", "GUIDANCE=nan: must be a finite number"),
     ("DEVICE=gpu", "DEVICE=gpu: must be auto, cpu, cuda or cuda:N"),
-    ("RELAX=maybe", "RELAX=maybe: must be 1 or 0"),
+    ("RELAX=No", "RELAX=No: must be 1 or 0"),  # the Makefile reads only lower case
     ("LR=0", "LR=0: must be above 0"),
     ("DATA=my crystals/x.csv", "DATA=my crystals/x.csv: make cannot track a path with a space in it"),
 ])
