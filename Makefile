@@ -175,7 +175,7 @@ $(OUT)/evaluation/metrics.json: $(OUT)/finetune/DONE.json $(STAMP)/validate | $(
 	$(Q)$(PY) stages/validate.py --base-model $(BASE_MODEL) --finetuned-model $(OUT)/finetune \
 	  --data $(OUT)/data --out $@ --draws $(DRAWS) --seed $(SEED) --device $(DEVICE)
 
-generate: $(OUT)/generation/results/generated_crystals.extxyz ## NUM_GEN crystals from the fine-tuned model
+generate: $(OUT)/generation/results/generated_crystals.extxyz ## NUM_GEN samples drawn from the fine-tuned model
 
 $(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $(STAMP)/generate | $(SETUP)
 	$(Q)$(PY) stages/generate.py --base-model $(BASE_MODEL) --finetuned $(OUT)/finetune \
@@ -185,7 +185,7 @@ $(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $
 
 # make sample: a model as it is (a path or a published MatterGen name), generated from and
 # evaluated, as MatterGen's mattergen-generate + mattergen-evaluate; OUT given or runs/sample-<name>.
-sample: $(SAMPLE_OUT)/results/metrics_summary.json ## NUM_GEN crystals from MODEL (no fine-tuning), evaluated: MODEL= CONDITION= GUIDANCE= OUT=
+sample: $(SAMPLE_OUT)/results/metrics_summary.json ## NUM_GEN samples drawn from MODEL (no fine-tuning), evaluated: MODEL= CONDITION= GUIDANCE= OUT=
 	@echo "sample: $(SAMPLE_OUT)/results"
 
 $(SAMPLE_OUT)/results/generated_crystals.extxyz: $(wildcard $(MODEL)/checkpoints/last.ckpt) $(SAMPLE_OUT)/.stamps/sample | $(SETUP)

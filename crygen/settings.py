@@ -150,7 +150,7 @@ SETTINGS = (
             ("finetune",), content=True),
     Setting("OUT", path(), "the run folder"),
     Setting("EPOCHS", integer(1), "fine-tuning epochs", ("finetune",)),
-    Setting("NUM_GEN", integer(1), "crystals to generate", ("generate", "sample")),
+    Setting("NUM_GEN", integer(1), "samples to draw (fewer may be written: generation.json's samples block counts each)", ("generate", "sample")),
     Setting("SEED", integer(0, SEED_MAX, "numpy's seed range"), "seed of the split, fine-tuning, validation noise and sampling", PIPE),
     Setting("DEVICE", device, "auto, cpu, cuda or cuda:N", ("finetune", "validate", "generate", "sample")),
     Setting("VAL_FRACTION", number(0.0, 0.9), "share of DATA held out for validation", ("prepare",)),

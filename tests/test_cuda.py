@@ -39,8 +39,8 @@ def test_real_size_finetunes_validates_and_samples_on_cuda(published, real_size_
     run_stage("generate", "--model", real_size_model, "--out", out, "--num-gen", 16, "--device", "cuda",
               "--no-trajectories", env=gpu_env())
     generation = json.loads((out / "generation.json").read_text())
-    assert generation["device"] == "cuda" and generation["num_generated"] == 16
-    assert generation["batch_size"] == 16 and generation["failed_batches"] == []
+    assert generation["device"] == "cuda" and generation["samples"]["drawn"] == 16
+    assert generation["batch_size"] == 16 and generation["samples"]["failed_batches"] == []
 
 
 AUTO_BATCH_PROBE = """

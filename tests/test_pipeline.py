@@ -55,8 +55,11 @@ def test_summary_has_every_key_filled(run_dir):
     assert set(s) >= {"checkpoint", "metrics", "generation_dir", "generation_eval", "provenance"}
     for part in ("baseline", "finetuned", "delta"):
         assert isinstance(s["metrics"][part]["loss"], float)
+    # an interval over the validation structures (not over (draw, batch) units), and it has width
+    interval = s["provenance"]["validation"]["interval"]
+    assert interval["unit"] == "structure" and interval["n"] == s["provenance"]["validation"]["n_val"]
     lo, hi = s["metrics"]["delta_ci95"]["loss"]
-    assert lo <= s["metrics"]["delta"]["loss"] <= hi
+    assert hi > lo
     ev = s["generation_eval"]
     assert ev["count"] == 2 and ev["relaxed"] is True, ev
     assert 0.0 <= ev["metrics"]["avg_structure_validity"] <= 1.0
