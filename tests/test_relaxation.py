@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,8 @@ def test_batched_relaxation_equals_ases_own_optimizer_with_chgnets_calculator(ch
     for s in structures:
         s.scale_lattice(s.volume * 1.06)  # strained, symmetry kept: one minimum to relax into
     batched = relax(structures, chgnet)
-    calculator = CHGNetCalculator(model=chgnet.model, use_device="cpu", on_isolated_atoms="ignore")
+    # a copy: the calculator sets its model's isolated-atom response, which the shared one must keep
+    calculator = CHGNetCalculator(model=copy.deepcopy(chgnet.model), use_device="cpu", on_isolated_atoms="ignore")
     for s, b in zip(structures, batched):
         atoms = AseAtomsAdaptor.get_atoms(s)
         atoms.calc = calculator
