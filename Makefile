@@ -207,7 +207,10 @@ $(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/genera
 	  --training-data $(OUT)/data $(EVAL_ARGS) --failure-file $(OUT)/generation/results/EVALUATION_FAILED.txt
 
 # Without EVAL_OUT the results land in RESULTS/evaluations/<settings>, never over a
-# pipeline's own evaluation.
+# pipeline's own evaluation. Its log goes beside what it evaluates, not into a default OUT.
+# (nor its timing into OUT/timings, which a pipeline's summary reads as its own)
+eval-gen reference: export CRYGEN_TIMINGS_DIR =
+eval-gen: export CRYGEN_LOG_DIR = $(abspath $(or $(EVAL_OUT),$(if $(wildcard $(RESULTS)/.),$(RESULTS),$(dir $(RESULTS)))))/logs
 eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF folder> RELAX POTENTIAL REFERENCE EVAL_OUT ALLOW_POTENTIAL_MISMATCH
 	$(Q)$(PY) stages/evaluate_generated.py --results $(RESULTS) $(EVAL_ARGS) \
 	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--training-data $(REFERENCE_DATA)) \

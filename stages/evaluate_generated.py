@@ -196,9 +196,10 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
         # how well the generated structures met the generation condition, where computable
         **({"condition": condition_report(structures, settings["condition"])} if "condition" in settings else {}),
     })
-    shown = {k: metrics[k] for k in ("avg_structure_validity", "frac_novel_unique_structures",
-                                     "frac_stable_structures", "frac_novel_unique_stable_structures") if k in metrics}
-    say(f"evaluate_generated: {len(structures)} structures {shown} -> {out}")
+    labels = {"avg_structure_validity": "valid", "frac_novel_unique_structures": "novel and unique",
+              "frac_stable_structures": "stable", "frac_novel_unique_stable_structures": "S.U.N."}
+    shown = ", ".join(f"{label} {metrics[k]:.2f}" for k, label in labels.items() if k in metrics)
+    say(f"evaluate_generated: over {len(structures)} structures: {shown} -> {out}")
     if withheld:
         say(f"evaluate_generated: stability withheld: {withheld['reason']} (metrics_summary.json: withheld_metrics)")
     if potential_check and potential_check.get("problem"):

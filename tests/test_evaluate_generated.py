@@ -489,6 +489,8 @@ def test_an_evaluation_with_other_settings_never_passes_for_the_pipelines(tmp_pa
     results = run / "generation" / "results"
     make("eval-gen", f"RESULTS={results}", "RELAX=0", f"REFERENCE_DATA={run / 'data'}", f"OUT={run}")
     assert not (results / "metrics_summary.json").exists()  # the pipeline's place is left alone
+    assert not (run / "timings" / "evaluate_generated.json").exists()  # nor the timing its summary reads
+    assert (results / "logs" / "evaluate_generated.log").is_file()  # its log beside what it evaluated
     (own,) = (results / "evaluations").iterdir()
     assert own.name == "unrelaxed_reference_chgnet-ce08026c"
     summary = json.loads((own / "metrics_summary.json").read_text())
