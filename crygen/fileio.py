@@ -45,16 +45,25 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         yield target
         if not target.exists():
             raise RuntimeError(f"nothing was written for {final}")
-        if final.is_dir() and not final.is_symlink():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            target.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(target, final)
+        replace_with(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_with(source: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put ``source`` (a file or a complete directory) at ``final`` by renaming; a directory
+    already at ``final`` is replaced whole, never merged."""
+    source, final = Path(source), Path(final)
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        source.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if source.is_dir() and (final.exists() or final.is_symlink()):
+            final.unlink()  # a directory cannot be renamed onto a file or a link
+        os.replace(source, final)
 
 
 def dumps_json(data: Any, indent: int | None = 2) -> str:

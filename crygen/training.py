@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crygen.cli import say
-from crygen.fileio import CrygenError, write_json
+from crygen.fileio import CrygenError, replace_with, write_json
 
 PROGRESS_LINES = 5  # at most this many progress lines per run, whatever its length
 
@@ -140,13 +140,4 @@ def promote(staging: Path, out: Path, required: tuple[str, ...] = MODEL_DIR_FILE
     lacking = [f for f in required if not (staging / f).is_file()]
     if lacking:
         raise CrygenError(staging, f"training output incomplete (no {lacking[0]}); {out} left as it was")
-    if out.is_dir() and not out.is_symlink():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if out.exists() or out.is_symlink():
-            out.unlink()
-        staging.rename(out)
+    replace_with(staging, out)
