@@ -53,7 +53,9 @@ def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings
     from crygen.reference import reference_file
     from crygen.relaxation import FMAX_DEFAULT, MAX_STEPS_DEFAULT, potential_identity
 
-    relax = str(settings.get("RELAX", "1")).lower() not in ("0", "no", "false")
+    relax = settings.get("RELAX", True)  # typed by crygen/settings.py
+    if not isinstance(relax, bool):
+        raise CrygenError(None, f"settings: RELAX={relax!r}, expected true or false (crygen/settings.py json)")
     expected = evaluation_settings(
         path.parent, reference_file(settings.get("REFERENCE", "default")), run_dir / "data", relax,
         potential_identity(settings.get("POTENTIAL", "chgnet")) if relax else None, FMAX_DEFAULT, MAX_STEPS_DEFAULT)
