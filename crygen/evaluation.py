@@ -680,11 +680,13 @@ def generation_info(results: Path) -> dict[str, Any]:
 
 
 def evaluation_settings(results: Path, reference: Path, training_data: Path | None, relax: bool,
-                        potential: dict[str, Any] | None, fmax: float, max_steps: int) -> dict[str, Any]:
+                        potential: dict[str, Any] | None, fmax: float, max_steps: int,
+                        generation: dict[str, Any]) -> dict[str, Any]:
     """What an evaluation of ``results`` depends on, by content: its structures, the reference
     file, the training set (novelty), and the relaxation settings. ``metrics_summary.json``
     records it; an evaluation is reused, and a pipeline's accepted by ``summarize``, only when
-    the recorded settings equal these. ``potential``: ``potential_identity`` (None unrelaxed)."""
+    the recorded settings equal these. ``potential``: ``potential_identity`` (None unrelaxed);
+    ``generation``: :func:`generation_info` of ``results`` (its condition, when conditioned)."""
     from crygen.fileio import sha256_file, sha256_tree
 
     settings = {
@@ -696,7 +698,7 @@ def evaluation_settings(results: Path, reference: Path, training_data: Path | No
         "fmax": fmax if relax else None,
         "max_steps": max_steps if relax else None,
     }
-    condition = generation_info(results).get("condition")
+    condition = generation.get("condition")
     if condition:
         settings["condition"] = condition
     return settings

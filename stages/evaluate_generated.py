@@ -102,7 +102,7 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
     generation = generation_info(results)  # a corrupt generation.json is a one-line error
     reference_path = reference_file(reference_spec)
     settings = evaluation_settings(results, reference_path, training_data, relax,
-                                   potential_identity(potential_spec) if relax else None, fmax, max_steps)
+                                   potential_identity(potential_spec) if relax else None, fmax, max_steps, generation)
     potential_check = None
     if relax:
         try:

@@ -45,7 +45,7 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings: dict) -> None:
+def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings: dict, generation: dict) -> None:
     """Refuse a generation evaluation that is not this run's: one made with other settings
     (RELAX, POTENTIAL, REFERENCE; e.g. `make eval-gen RELAX=0 EVAL_OUT=<this run's results>`),
     of other structures, reference content or training set than the run's now."""
@@ -58,7 +58,8 @@ def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings
         raise CrygenError(None, f"settings: RELAX={relax!r}, expected true or false (crygen/settings.py json)")
     expected = evaluation_settings(
         path.parent, reference_file(settings.get("REFERENCE", "default")), run_dir / "data", relax,
-        potential_identity(settings.get("POTENTIAL", "chgnet")) if relax else None, FMAX_DEFAULT, MAX_STEPS_DEFAULT)
+        potential_identity(settings.get("POTENTIAL", "chgnet")) if relax else None, FMAX_DEFAULT, MAX_STEPS_DEFAULT,
+        generation)
     differing = settings_differences(summary.get("settings") or {}, expected)
     if differing:
         raise CrygenError(path, f"not this run's evaluation: its {', '.join(differing)} differ from the run's "
@@ -73,6 +74,8 @@ def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Default: RUN_DIR/summary.json.")
 @stage("summarize")
 def main(run_dir: Path, settings_file: Path, out: Path | None):
+    from crygen.evaluation import generation_info
+
     settings_obj = read_json(settings_file)
     if not isinstance(settings_obj, dict):
         raise CrygenError(settings_file, "expected a JSON object of settings")
@@ -81,9 +84,10 @@ def main(run_dir: Path, settings_file: Path, out: Path | None):
     gen_dir = run_dir / "generation" / "results"
     eval_summary = gen_dir / "metrics_summary.json"
     eval_error = gen_dir / "EVALUATION_FAILED.txt"
+    gen_info = generation_info(gen_dir)
     if eval_summary.is_file() and not eval_error.is_file():
         s = read_json(eval_summary)
-        check_evaluation_settings(eval_summary, s, run_dir, settings_obj)
+        check_evaluation_settings(eval_summary, s, run_dir, settings_obj, gen_info)
         generation_eval = {k: s[k] for k in ("count", "metrics", "relaxed", "additional_metrics", "withheld_metrics",
                                              "validity_over_drawn_samples", "potential_check", "settings",
                                              "uncovered_chemical_systems", "condition") if k in s}
@@ -94,7 +98,6 @@ def main(run_dir: Path, settings_file: Path, out: Path | None):
     for f in sorted((run_dir / "timings").glob("*.json")):
         t = read_json(f)
         timings[t["stage"]] = {"wall_s": t["wall_s"], "peak_rss_mb": t["peak_rss_mb"]}
-    gen_info = read_json(gen_dir / "generation.json") if (gen_dir / "generation.json").is_file() else {}
     summary = {
         "checkpoint": str(ckpt.resolve()),
         "metrics": {k: metrics[k] for k in ("baseline", "finetuned", "delta", "delta_ci95")},
