@@ -447,11 +447,14 @@ def evaluate(
     reference: Any,
     energies: Sequence[float] | None = None,
     original_structures: Sequence[Any] | None = None,
+    energy_correction: str = "MP2020",
 ) -> Evaluation:
     """MatterGen's metrics of ``structures`` (relaxed, with total ``energies`` in eV, or not).
 
-    A structure with a non-finite energy is a failed relaxation: as in MatterGen it is left
-    out and counted in ``n_failed_jobs``.
+    ``energy_correction``: what the potential's energies need on the hull
+    (``crygen.relaxation.energy_correction``), passed to MatterGen as its
+    ``energy_correction_scheme``. A structure with a non-finite energy is a failed relaxation:
+    as in MatterGen it is left out and counted in ``n_failed_jobs``.
     """
     from mattergen.evaluation.metrics.evaluator import MetricsEvaluator
     from mattergen.evaluation.metrics.structure import StructureMetricsCapability
@@ -460,14 +463,17 @@ def evaluate(
     from threadpoolctl import threadpool_limits
 
     from crygen.reference import all_ordered, hull_support, terminal_elements_with_energy
+    from crygen.relaxation import correction_scheme
 
     n = len(structures)
     has_energy = energies is not None
     ok = [i for i in range(n) if not has_energy or np.isfinite(energies[i])]
     if has_energy:
+        scheme = correction_scheme(energy_correction)
         summaries = [MetricsStructureSummary.from_structure_and_energy(
             structures[i], float(energies[i]),
-            original_structure=original_structures[i] if original_structures is not None else None) for i in ok]
+            original_structure=original_structures[i] if original_structures is not None else None,
+            energy_correction_scheme=scheme) for i in ok]
     else:
         summaries = [MetricsStructureSummary.from_structure(structures[i]) for i in ok]
     terminals = terminal_elements_with_energy(reference) if has_energy else set()
@@ -623,15 +629,20 @@ def _pre_aggregation(evaluator: Any, chosen: Sequence[Any], n: int) -> dict[str,
     return out
 
 
-def mattergen_metrics(structures, reference, energies=None, original_structures=None) -> dict[str, Any]:
-    """MatterGen's ``MetricsEvaluator`` called as MatterGen's ``evaluate`` calls it (the yardstick)."""
+def mattergen_metrics(structures, reference, energies=None, original_structures=None,
+                      energy_correction: str = "MP2020") -> dict[str, Any]:
+    """MatterGen's ``MetricsEvaluator`` called as MatterGen's ``evaluate`` calls it (the yardstick),
+    with ``energy_correction``'s scheme."""
     from mattergen.evaluation.metrics.evaluator import MetricsEvaluator
+
+    from crygen.relaxation import correction_scheme
 
     if energies is None:
         evaluator = MetricsEvaluator.from_structures(list(structures), reference=reference)
     else:
         evaluator = MetricsEvaluator.from_structures_and_energies(
-            list(structures), list(energies), reference=reference, original_structures=original_structures)
+            list(structures), list(energies), reference=reference, original_structures=original_structures,
+            energy_correction_scheme=correction_scheme(energy_correction))
     chosen = _computable(evaluator.available_metrics, reference)
     return {k: _plain(v) for k, v in evaluator.compute_metrics(metrics=chosen).items()}
 
@@ -688,6 +699,7 @@ def evaluation_settings(results: Path, reference: Path, training_data: Path | No
     the recorded settings equal these. ``potential``: ``potential_identity`` (None unrelaxed);
     ``generation``: :func:`generation_info` of ``results`` (its condition, when conditioned)."""
     from crygen.fileio import sha256_file, sha256_tree
+    from crygen.relaxation import energy_correction
 
     settings = {
         "structures_sha256": structures_sha256(structures_source(results)),
@@ -695,6 +707,7 @@ def evaluation_settings(results: Path, reference: Path, training_data: Path | No
         "training_data_sha256": sha256_tree(training_data) if training_data else None,
         "relaxed": relax,
         "potential": potential if relax else None,
+        "energy_correction": energy_correction(potential["name"]) if relax else None,
         "fmax": fmax if relax else None,
         "max_steps": max_steps if relax else None,
     }

@@ -1,19 +1,11 @@
 """Reference sets for novelty and energy above hull, in MatterGen's format (``LMDBGZSerializer``).
 
-The default reference (``data/reference/``) is built by ``make reference`` from crystals that
-PyPI carries, relaxed with the default potential and MP2020-corrected exactly as MatterGen
-treats generated structures (``MetricsStructureSummary.from_structure_and_energy``), so that an
-energy above hull compares like with like:
-
-* the 1,000 Alexandria PBE crystals of the embedded demo data (CC-BY 4.0);
-* elemental polymorphs from matcalc 0.7.0's ``MP-PBE-Element-Refs.json.gz`` (Materials Project
-  PBE): the ``POLYMORPHS_PER_ELEMENT`` lowest in DFT energy with at most
-  ``MAX_ELEMENT_ATOMS`` atoms, for every element there, and for an element missing there (Yb)
-  the structure of ``MatPES-PBE-Element-Refs.json.gz``, so every terminal of a phase diagram
-  exists.
-
-A rebuild with the same potential and relaxation settings keeps the entries already relaxed
-and relaxes only sources that are new.
+The default reference (``data/reference/``) is built by ``make reference``
+(``crygen/reference_build.py``): about 4,500 crystals (the demo's Alexandria intermetallics,
+Materials Project insulators from crystal-toolkit, elemental polymorphs from matcalc) relaxed
+with the default potential and corrected exactly as generated crystals are, with a recipe
+beside it (``<name>.json``) that records sources, potential, correction and the hull's quality
+against DFT.
 
 A user's own reference (``REFERENCE=<file.gz>``, e.g. MatterGen's Alex-MP-20 release) is read
 unchanged. The training set is added for novelty only: its entries carry no energy (NaN), which
@@ -23,35 +15,16 @@ MatterGen's hull construction skips.
 from __future__ import annotations
 
 import functools
-import gzip
-import hashlib
-import json
-import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
 
-from crygen.fileio import CrygenError, atomic_path, one_line, read_json, sha256_file
+from crygen.fileio import CrygenError, one_line, read_json, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT / "data" / "reference" / "reference_chgnet.gz"
-ELEMENT_REFS_SDIST = "matcalc==0.7.0"
-ELEMENT_REFS = {  # member of the sdist -> SHA-256
-    "matcalc-0.7.0/src/matcalc/elemental_refs/MP-PBE-Element-Refs.json.gz":
-        "66b350622126ca725c0ab1197b2ec3e27f752ef25dfeff21eb1db7be9ad72f0c",
-    "matcalc-0.7.0/src/matcalc/elemental_refs/MatPES-PBE-Element-Refs.json.gz":
-        "24b804bcba5d4e7bffa23ba141bfe1364154fd8fea5547655036610a7be495af",
-}
-POLYMORPHS_PER_ELEMENT = 2
-MAX_ELEMENT_ATOMS = 16
-# The sources are DFT-relaxed already; a structure CHGNet has not settled in this many FIRE
-# steps is left out (listed in the recipe) rather than entered with a too-high energy.
-REFERENCE_MAX_STEPS = 150
 
 
 def recipe_path(reference: Path) -> Path:
@@ -232,147 +205,40 @@ def check_potential(reference: Path, potential: dict[str, Any], allow_mismatch: 
     """Whether energies from ``potential`` (``potential_identity``) belong on the hull of the
     ``reference`` file: what ``metrics_summary.json`` records as ``potential_check``.
 
-    A potential other than the one the reference's recipe records is refused (a
-    :class:`CrygenError` naming the reference) unless ``allow_mismatch``; then it is recorded.
-    A reference without a recorded potential (no recipe beside it, as MatterGen's DFT releases)
-    is taken as DFT: relaxed ML energies on a DFT hull is what MatterGen's own evaluation does,
-    so it passes, and the record says the reference's energies are of unknown origin."""
-    recorded = reference_recipe(reference).get("potential")
+    A potential other than the one the reference's recipe records, or a reference whose
+    entries were corrected otherwise than this potential's energies are
+    (``crygen.relaxation.energy_correction``: an older crygen corrected CHGNet energies with
+    MP2020 a second time), is refused (a :class:`CrygenError` naming the reference) unless
+    ``allow_mismatch``; then it is recorded. A reference without a recorded potential (no recipe
+    beside it, as MatterGen's DFT releases) is taken as DFT: relaxed ML energies on a DFT hull
+    is what MatterGen's own evaluation does, so it passes, and the record says the reference's
+    energies are of unknown origin."""
+    from crygen.relaxation import energy_correction
+
+    recipe = reference_recipe(reference)
+    recorded = recipe.get("potential")
     record: dict[str, Any] = {"reference_potential": recorded, "evaluation_potential": potential}
     if not recorded:
         return {**record, "status": "reference records no potential: taken as DFT energies (as MatterGen's "
                                     "evaluation places ML-relaxed energies on a DFT hull)"}
     same = (recorded.get("weights_sha256") == potential.get("weights_sha256") if recorded.get("weights_sha256")
             else recorded.get("name") == potential.get("name"))
-    if same:
+    # recipes before the correction was chosen per potential name MP2020's class
+    reference_correction = recipe.get("correction") if recipe.get("correction") in ("none", "MP2020") else "MP2020"
+    needed = energy_correction(potential["name"])
+    record.update(reference_correction=reference_correction, evaluation_correction=needed)
+    if same and reference_correction == needed:
         return {**record, "status": "same potential"}
-    problem = (f"built with {recorded.get('name')} ({recorded.get('weights')}) but POTENTIAL is "
-               f"{potential.get('name')} ({potential.get('weights')}); energies of two potentials on one hull "
-               f"are not comparable")
+    if not same:
+        problem = (f"built with {recorded.get('name')} ({recorded.get('weights')}) but POTENTIAL is "
+                   f"{potential.get('name')} ({potential.get('weights')}); energies of two potentials on one hull "
+                   f"are not comparable")
+        fix = f"set POTENTIAL={recorded.get('name')}, or"
+    else:
+        problem = (f"entries corrected with {reference_correction!r} but {potential.get('name')}'s energies need "
+                   f"{needed!r} (rebuild it with `make reference`)")
+        fix = "or"
     if not allow_mismatch:
-        raise CrygenError(reference, f"{problem} (set POTENTIAL={recorded.get('name')}, or ALLOW_POTENTIAL_MISMATCH=1 "
-                                     f"/ --allow-potential-mismatch to go on, recorded)")
+        raise CrygenError(reference, f"{problem} ({fix} ALLOW_POTENTIAL_MISMATCH=1 / --allow-potential-mismatch "
+                                     f"to go on, recorded)")
     return {**record, "status": "MISMATCH, allowed by --allow-potential-mismatch", "problem": problem}
-
-
-# --------------------------------------------------------------------------- building
-
-
-def fetch_element_refs() -> tuple[dict[str, Any], dict[str, Any]]:
-    """matcalc's MP-PBE and MatPES-PBE elemental references, from its sdist on PyPI, hash-checked."""
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "matcalc",
-                        "--quiet", "-d", tmp, ELEMENT_REFS_SDIST], check=True)
-        (sdist,) = Path(tmp).glob("matcalc-*.tar.gz")
-        out = []
-        with tarfile.open(sdist) as tar:
-            for member, sha256 in ELEMENT_REFS.items():
-                data = tar.extractfile(member).read()
-                if hashlib.sha256(data).hexdigest() != sha256:
-                    raise CrygenError(member, f"SHA-256 mismatch in {ELEMENT_REFS_SDIST}")
-                out.append(json.loads(gzip.decompress(data)))
-    return out[0], out[1]
-
-
-def element_polymorphs(mp_refs: dict[str, Any], matpes_refs: dict[str, Any],
-                       elements: set[str] | None = None) -> list[tuple[str, Any]]:
-    """(id, Structure) of the lowest-energy small polymorphs of every element (or of ``elements``)."""
-    from pymatgen.core import Structure
-
-    out = []
-    for element in sorted(e for e in {*mp_refs, *matpes_refs} if elements is None or e in elements):
-        if element not in mp_refs:
-            out.append((f"matpes-pbe-element:{element}", Structure.from_dict(matpes_refs[element]["structure"])))
-            continue
-        energies = mp_refs[element]["energy_per_atom"]
-        structures = mp_refs[element]["structure"]
-        order = [i for i in np.argsort(energies) if len(structures[i]["sites"]) <= MAX_ELEMENT_ATOMS]
-        for rank, i in enumerate(order[:POLYMORPHS_PER_ELEMENT]):
-            out.append((f"mp-pbe-element:{element}:{rank}", Structure.from_dict(structures[i])))
-    return out
-
-
-def corrected_entries(ids: Sequence[str], relaxed: Sequence[Any]) -> list[Any]:
-    """MP2020-corrected entries, built by the same MatterGen code that treats generated crystals."""
-    from mattergen.evaluation.utils.metrics_structure_summary import MetricsStructureSummary
-
-    entries = []
-    for material_id, r in zip(ids, relaxed):
-        if not (r.converged and np.isfinite(r.energy)):
-            continue
-        entry = MetricsStructureSummary.from_structure_and_energy(r.structure, r.energy, original_structure=r.structure).entry
-        entry.data["material_id"] = material_id
-        entries.append(entry)
-    return entries
-
-
-def build_reference(demo_data: Path, out: Path, potential_spec: str = "chgnet", device: str = "cpu",
-                    all_elements: bool = True) -> dict[str, Any]:
-    """Relax the sources with the potential, correct with MP2020, write ``out`` and its recipe.
-
-    ``all_elements=False`` takes elemental references only for the elements of ``demo_data``
-    (a small reference for tests). Entries of an existing ``out`` built with the same potential
-    and settings are kept; only new sources are relaxed."""
-    import warnings
-
-    from mattergen.evaluation.reference.reference_dataset import ReferenceDataset
-    from mattergen.evaluation.reference.reference_dataset_serializer import LMDBGZSerializer
-
-    from crygen.fileio import write_json
-    from crygen.relaxation import FMAX_DEFAULT, load_potential, relax
-    from crygen.structures import read_entries
-
-    demo = [(e.material_id, e.structure) for e in read_entries(demo_data) if e.structure is not None]
-    needed = None if all_elements else {el.symbol for _, s in demo for el in s.composition.elements}
-    elements = element_polymorphs(*fetch_element_refs(), needed)
-    potential = load_potential(potential_spec, device)
-    relaxation = {"optimizer": "FIRE", "cell_filter": "ExpCellFilter", "fmax_eV_per_A": FMAX_DEFAULT,
-                  "max_steps": REFERENCE_MAX_STEPS}
-    identity = potential.describe()
-    kept, excluded = _reusable(out, identity, relaxation)
-    done = {e.data["material_id"] for e in kept} | {x["material_id"] for x in excluded}
-    todo = [(i, s) for i, s in elements + demo if i not in done]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        relaxed = relax([s for _, s in todo], potential, max_steps=REFERENCE_MAX_STEPS, progress=True)
-        entries = kept + corrected_entries([i for i, _ in todo], relaxed)
-    excluded += [{"material_id": i, "reason": r.error or "not converged"}
-                 for (i, _), r in zip(todo, relaxed) if not (r.converged and np.isfinite(r.energy))]
-    wanted = {i for i, _ in elements + demo}
-    entries = [e for e in entries if e.data["material_id"] in wanted]
-    dataset = ReferenceDataset.from_entries(f"crygen-{potential.name}-demo", entries)
-    with atomic_path(out) as tmp:
-        LMDBGZSerializer().serialize(dataset, str(tmp))  # its uncompressed LMDB goes with the temp dir
-    recipe = {
-        "name": dataset.name,
-        "sha256": sha256_file(out),
-        "entries": len(entries),
-        "sources": {
-            "demo_data": {"path": str(demo_data), "sha256": sha256_file(demo_data), "structures": len(demo),
-                          "license": "CC-BY 4.0, Alexandria (Schmidt et al.)"},
-            "element_references": {"package": ELEMENT_REFS_SDIST, "members": ELEMENT_REFS,
-                                   "polymorphs_per_element": POLYMORPHS_PER_ELEMENT,
-                                   "max_atoms": MAX_ELEMENT_ATOMS, "structures": len(elements)},
-        },
-        "all_elements": all_elements,
-        "potential": identity,
-        "relaxation": relaxation,
-        "correction": "MaterialsProject2020Compatibility (via MatterGen's VasprunLike)",
-        "relaxed_in_this_build": len(todo),
-        "excluded": [x for x in excluded if x["material_id"] in wanted],
-    }
-    write_json(recipe_path(out), recipe)
-    return recipe
-
-
-def _reusable(out: Path, potential: dict[str, Any], relaxation: dict[str, Any]) -> tuple[list, list]:
-    """Entries and exclusions of an earlier build of ``out`` with the same potential and settings."""
-    from mattergen.evaluation.reference.reference_dataset_serializer import LMDBGZSerializer
-
-    if not (out.is_file() and recipe_path(out).is_file()):
-        return [], []
-    recipe = read_json(recipe_path(out))
-    if recipe.get("potential") != potential or recipe.get("relaxation") != relaxation \
-            or recipe.get("sha256") != sha256_file(out):
-        return [], []
-    return list(LMDBGZSerializer().deserialize(str(out))), list(recipe.get("excluded", []))

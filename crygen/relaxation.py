@@ -39,6 +39,10 @@ class Potential:
     """Energies (eV), forces (eV/A) and stresses (3x3, eV/A^3, ASE's sign) for many structures."""
 
     name: str = ""
+    # What its energies need to sit on an MP2020-compatible hull (the scale of MatterGen's
+    # Alex-MP-20 reference and of crygen's default): "MP2020" for a potential trained on raw
+    # PBE(+U) energies, "none" for one whose training energies carried MP2020 corrections.
+    energy_correction: str = "MP2020"
 
     def predict(self, atoms_list: Sequence[Any]) -> list[tuple[float, np.ndarray, np.ndarray]]:
         raise NotImplementedError
@@ -60,6 +64,10 @@ def chgnet_weights() -> Path:
 
 class CHGNetPotential(Potential):
     name = "chgnet"
+    # CHGNet 0.3.0 was trained on MPtrj energies with MP2020 corrections applied: on MPtrj
+    # frames it lands 0.02 eV/atom from raw+MP2020 and 0.45 from raw (oxides, halides), so
+    # MatterGen's MP2020 step would correct it twice.
+    energy_correction = "none"
 
     def __init__(self, device: str = "cpu"):
         from chgnet.model import CHGNet
@@ -152,6 +160,29 @@ def load_potential(spec: str, device: str = "cpu") -> Potential:
     if spec.endswith(".pth") or Path(spec).exists():
         return MatterSimPotential(weights=spec, device=device)
     raise CrygenError(None, f"POTENTIAL={spec}: expected one of {', '.join(POTENTIALS)} or a path to a MatterSim .pth")
+
+
+def energy_correction(spec: str) -> str:
+    """The correction (``Potential.energy_correction``) the potential ``spec`` names needs."""
+    return (POTENTIALS[spec] if spec in POTENTIALS else MatterSimPotential).energy_correction
+
+
+def correction_scheme(correction: str) -> Any:
+    """The pymatgen ``Compatibility`` MatterGen applies for ``correction`` (its
+    ``energy_correction_scheme``): MP2020, or MatterGen's identity scheme for "none"."""
+    from mattergen.evaluation.utils.vasprunlike import IdentityCorrectionScheme
+    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+
+    schemes = {"MP2020": MaterialsProject2020Compatibility, "none": IdentityCorrectionScheme}
+    if correction not in schemes:
+        raise CrygenError(None, f"energy correction {correction!r}: expected one of {', '.join(schemes)}")
+    return schemes[correction]()
+
+
+CORRECTION_DESCRIPTIONS = {
+    "MP2020": "MaterialsProject2020Compatibility, as MatterGen applies it (potential trained on raw PBE(+U) energies)",
+    "none": "none: the potential's energies carry MP2020 corrections already (trained on MP2020-corrected MPtrj)",
+}
 
 
 def potential_identity(spec: str) -> dict[str, Any]:

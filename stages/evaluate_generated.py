@@ -2,7 +2,8 @@
 
 Input (--results): a results folder holding generated_crystals.extxyz, an extxyz file, a CIF
 zip or a folder of CIF files (MatterGen's outputs or any other generator's). With --relax (the
-default) every structure is relaxed with --potential and its MP2020-corrected energy placed
+default) every structure is relaxed with --potential and its energy (corrected as the potential
+needs: MP2020 for MatterSim, none for CHGNet, whose training energies carry it) placed
 against the convex hull of --reference (whose recorded potential must be --potential unless
 --allow-potential-mismatch). Writes to --out, by default a folder named by the settings beside
 the structures (RESULTS/evaluations/<relaxed-POTENTIAL-hash|unrelaxed>_<reference>-<hash>/):
@@ -92,7 +93,7 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
                                    structures_source, training_structures, validity_over_samples)
     from crygen.properties import condition_report
     from crygen.reference import check_potential, load_reference, reference_file, with_training_set
-    from crygen.relaxation import load_potential, potential_identity, relax as relax_structures
+    from crygen.relaxation import CORRECTION_DESCRIPTIONS, load_potential, potential_identity, relax as relax_structures
 
     if not results.exists():
         raise CrygenError(results, "not found")
@@ -142,7 +143,8 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
         energies = [r.energy for r in relaxed]
     evaluated = [r.structure for r in relaxed] if relaxed else structures
     result = evaluate(evaluated, novelty_reference, energies=energies,
-                      original_structures=structures if relaxed else None)
+                      original_structures=structures if relaxed else None,
+                      energy_correction=settings["energy_correction"] or "MP2020")
     metrics, additional, withheld = reported(result)
     validity = validity_over_samples(result, samples)
 
@@ -181,7 +183,7 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
                                  "angle_tol 5 deg, primitive cell, volume scaled",
             "novelty_against": f"{reference_info['name']} ({reference_info['entries']} entries)"
                                + (f" + training set ({len(training)} structures)" if training else ""),
-            "energy_correction": "MaterialsProject2020Compatibility, as MatterGen applies it" if relax else None,
+            "energy_correction": CORRECTION_DESCRIPTIONS[settings["energy_correction"]] if relax else None,
             "uncovered": "a structure with an element lacking an elemental reference energy has no hull: "
                          "its energy above hull is empty and the energy metrics exclude it",
             "hull_support": "reference entries with an energy in the structure's hull: compounds (>= 2 elements) "

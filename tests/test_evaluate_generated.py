@@ -11,6 +11,15 @@ import pytest
 from tests.helpers import cif, demo_structures, error_line, run_stage
 
 
+def _default_sha() -> str:
+    from crygen.reference import DEFAULT_REFERENCE, recipe_path
+
+    return json.loads(recipe_path(DEFAULT_REFERENCE).read_text())["sha256"]
+
+
+DEFAULT_SHA = _default_sha()
+
+
 def cif_folder(tmp_path, n=6):
     folder = tmp_path / "cifs"
     folder.mkdir()
@@ -57,27 +66,38 @@ def test_structure_metrics_equal_mattergens_evaluator(tmp_path, small_dataset, d
 
 
 def test_relaxed_metrics_equal_mattergens_evaluator_on_the_same_energies(default_reference):
-    """Energies above hull, stability and S.U.N. as MatterGen computes them (MP2020 included)."""
+    """Energies above hull, stability and S.U.N. as MatterGen computes them, with either
+    correction crygen applies (none for CHGNet, MP2020 for MatterSim)."""
     from crygen.evaluation import evaluate, mattergen_metrics
-    from crygen.relaxation import load_potential, relax
+    from crygen.relaxation import energy_correction, load_potential, relax
 
-    structures = demo_structures(5, start=200)
+    # five demo intermetallics and two MP oxides of the reference (where MP2020 corrects)
+    oxides = [e for e in default_reference if e.data["source"] == "matbench_dielectric"
+              and "O" in e.composition and e.composition.num_atoms <= 8][:2]
+    structures = demo_structures(5, start=200) + [e.structure.copy() for e in oxides]
     relaxed = relax(structures, load_potential("chgnet"))
     final = [r.structure for r in relaxed]
     energies = [r.energy for r in relaxed]
-    ours = evaluate(final, default_reference, energies=energies, original_structures=structures)
-    theirs = mattergen_metrics(final, default_reference, energies=energies, original_structures=structures)
-    assert ours.metrics == theirs
+    hulls = {}
+    for correction in ("MP2020", "none"):
+        ours = evaluate(final, default_reference, energies=energies, original_structures=structures,
+                        energy_correction=correction)
+        theirs = mattergen_metrics(final, default_reference, energies=energies, original_structures=structures,
+                                   energy_correction=correction)
+        assert ours.metrics == theirs
+        hulls[correction] = [row["energy_above_hull_per_atom"] for row in ours.table]
+    assert all(hulls["MP2020"][i] < hulls["none"][i] - 0.1 for i in (5, 6))  # the oxides' anion correction
+    assert correction == energy_correction("chgnet")  # the one checked further
     for key in ("frac_stable_structures", "avg_energy_above_hull_per_atom", "frac_novel_unique_stable_structures",
                 "avg_rmsd_from_relaxation"):
         assert key in ours.metrics
-    assert ours.additional["covered_by_reference"] == 5 and ours.additional["energy_metrics_over"] == 5
+    assert ours.additional["covered_by_reference"] == 7 and ours.additional["energy_metrics_over"] == 7
     # the reference holds these crystals relaxed by the same recipe from the same start: each
-    # lands on its own entry (same MP2020-corrected energy), so it is neither novel nor below
+    # lands on its own entry (same energy, corrected alike), so it is neither novel nor below
     # the hull that entry helps span
     entries = {e.data["material_id"]: e for e in default_reference}
-    for row, s in zip(ours.table, structures):
-        twin = entries[s.properties["alexandria_id"]]
+    twins = [entries[s.properties["alexandria_id"]] for s in structures[:5]] + oxides
+    for row, twin in zip(ours.table, twins):
         assert row["energy_per_atom"] == pytest.approx(twin.energy_per_atom, abs=1e-3)
         assert row["energy_above_hull_per_atom"] > -1e-3
     assert ours.metrics["frac_novel_structures"] == 0.0
@@ -328,12 +348,13 @@ def test_dataset_copies_are_mattergens_deep_copies():
 
 # --------------------------------------------------------------------------- what a number stands on
 
-ROCK_SALTS = {"NaCl": ("Na", "Cl", 5.6), "KBr": ("K", "Br", 6.6), "MgO": ("Mg", "O", 4.2)}
+ROCK_SALTS = {"NaCl": ("Na", "Cl", 5.6), "CsF": ("Cs", "F", 6.0), "CsI": ("Cs", "I", 7.4), "SmSe": ("Sm", "Se", 6.2)}
+UNCOVERED_ROCK_SALTS = ("CsF", "CsI", "SmSe")
 
 
-def rock_salt_cifs(folder, names=tuple(ROCK_SALTS)):
-    """Rock-salt binaries whose systems hold no compound in the default reference (it has 29
-    binaries, none of these): their hulls are their elements alone. They relax in a few steps."""
+def rock_salt_cifs(folder, names=UNCOVERED_ROCK_SALTS):
+    """Rock-salt binaries (NaCl, or by default three whose systems hold no compound in the
+    default reference, so their hulls are their elements alone). They relax in a few steps."""
     from pymatgen.core import Lattice, Structure
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -365,7 +386,7 @@ def test_each_hull_says_what_it_stands_on_and_stability_on_elements_alone_is_wit
     demo.to(filename=str(folder / "demo.cif"))
     proc = run_stage("evaluate_generated", "--results", folder)
     outs = list((folder / "evaluations").iterdir())
-    assert [o.name for o in outs] == ["relaxed-chgnet-d14ab7c0_reference_chgnet-ce08026c"]  # named by its settings
+    assert [o.name for o in outs] == [f"relaxed-chgnet-d14ab7c0_reference_chgnet-{DEFAULT_SHA[:8]}"]  # named by its settings
     out = outs[0]
     rows = {r["name"]: r for r in read_table(out / "per_structure.csv")}
     for name, row in rows.items():
@@ -396,7 +417,7 @@ def test_each_hull_says_what_it_stands_on_and_stability_on_elements_alone_is_wit
     assert summary["validity_over_drawn_samples"]["denominator"].startswith("the 4 structures given")
     # the evaluation folder inside the CIF folder is not one of its structures
     proc = run_stage("evaluate_generated", "--results", folder, "--no-relax")
-    assert (folder / "evaluations" / "unrelaxed_reference_chgnet-ce08026c" / "metrics_summary.json").is_file()
+    assert (folder / "evaluations" / f"unrelaxed_reference_chgnet-{DEFAULT_SHA[:8]}" / "metrics_summary.json").is_file()
     assert "is up to date" in run_stage("evaluate_generated", "--results", folder).stderr
 
 
@@ -457,6 +478,24 @@ def test_a_potential_other_than_the_references_is_refused_unless_allowed(tmp_pat
     assert check_potential(DEFAULT_REFERENCE, chgnet)["status"] == "same potential"
 
 
+def test_a_reference_corrected_otherwise_than_the_potential_needs_is_refused(tmp_path):
+    """A reference an older crygen built (CHGNet energies corrected with MP2020 a second time)
+    cannot take today's uncorrected CHGNet energies: refused, or recorded when allowed."""
+    from crygen.fileio import CrygenError
+    from crygen.reference import check_potential, recipe_path
+    from crygen.relaxation import potential_identity
+
+    chgnet = potential_identity("chgnet")
+    reference = fake_reference(tmp_path, chgnet)
+    recipe = json.loads(recipe_path(reference).read_text())
+    recipe["correction"] = "MaterialsProject2020Compatibility (via MatterGen's VasprunLike)"  # how it was written
+    recipe_path(reference).write_text(json.dumps(recipe))
+    with pytest.raises(CrygenError, match="entries corrected with 'MP2020' but chgnet's energies need 'none'"):
+        check_potential(reference, chgnet)
+    allowed = check_potential(reference, chgnet, allow_mismatch=True)
+    assert allowed["status"].startswith("MISMATCH") and allowed["reference_correction"] == "MP2020"
+
+
 def pipeline_like_run(tmp_path, small_dataset, samples):
     """A run folder as `make pipeline RELAX=0` leaves it, without the models: data/, the
     validation metrics, and generation/results with 3 crystals and generation.json."""
@@ -492,7 +531,7 @@ def test_an_evaluation_with_other_settings_never_passes_for_the_pipelines(tmp_pa
     assert not (run / "timings" / "evaluate_generated.json").exists()  # nor the timing its summary reads
     assert (results / "logs" / "evaluate_generated.log").is_file()  # its log beside what it evaluated
     (own,) = (results / "evaluations").iterdir()
-    assert own.name == "unrelaxed_reference_chgnet-ce08026c"
+    assert own.name == f"unrelaxed_reference_chgnet-{DEFAULT_SHA[:8]}"
     summary = json.loads((own / "metrics_summary.json").read_text())
     # item 5: validity over every drawn sample, beside MatterGen's over the written ones
     validity = summary["validity_over_drawn_samples"]
@@ -513,7 +552,7 @@ def test_an_evaluation_with_other_settings_never_passes_for_the_pipelines(tmp_pa
     proc = run_stage("summarize", "--run-dir", run, "--settings", settings(True), check=False)
     assert proc.returncode == 2
     assert error_line(proc) == (
-        f"summarize: error: {results / 'metrics_summary.json'}: not this run's evaluation: its fmax, max_steps, "
+        f"summarize: error: {results / 'metrics_summary.json'}: not this run's evaluation: its energy_correction, fmax, max_steps, "
         f"potential, relaxed differ from the run's (RELAX=True POTENTIAL=chgnet REFERENCE=default); remove it and "
         f"run make pipeline again")
     assert not (run / "summary.json").exists()
