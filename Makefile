@@ -33,6 +33,10 @@ POTENTIAL    ?= chgnet
 REFERENCE    ?= default
 DEFAULT_REFERENCE := data/reference/reference_chgnet.gz
 BASE_STEPS   ?= 10000
+# make reference: PART=k/n relaxes only the k-th of n shares (runs or machines), keeping its
+# finished parts in REFERENCE_WORK; the run that finds every part there writes the reference.
+PART         ?= 1/1
+REFERENCE_WORK := $(OUT)/reference-build
 # make sample: the model to sample (a model dir, or a published MatterGen name such as
 # mattergen_base or chemical_system) and where its results go unless OUT is given
 MODEL        ?=
@@ -216,9 +220,9 @@ eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF 
 	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--training-data $(REFERENCE_DATA)) \
 	  $(if $(EVAL_OUT),--out $(EVAL_OUT))
 
-reference: | $(SETUP) $(DEMO_DATA) ## rebuild the default reference set (relax demo crystals + elements with POTENTIAL)
+reference: | $(SETUP) $(DEMO_DATA) ## rebuild the default reference (resumable; PART=k/n shares it): real compounds relaxed with POTENTIAL
 	$(Q)$(PY) stages/build_reference.py --demo-data $(DEMO_DATA) --out $(DEFAULT_REFERENCE) \
-	  --potential $(POTENTIAL) --device $(DEVICE)
+	  --work $(REFERENCE_WORK) --part $(PART) --potential $(POTENTIAL) --device $(DEVICE)
 
 summary: $(OUT)/summary.json ## write OUT/summary.json
 

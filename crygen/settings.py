@@ -108,6 +108,14 @@ def device(text: str) -> str:
     return text
 
 
+def share(text: str) -> tuple[int, int]:
+    """``k/n``: the k-th of n shares of a job spread over n runs."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise Bad("must be k/n with 1 <= k <= n, such as 1/1 or 2/4")
+    return int(match[1]), int(match[2])
+
+
 def path(required: bool = True) -> Callable[[str], str]:
     """A file or folder, or a name (chgnet, default, a published MatterGen model)."""
     def parse(text: str) -> str:
@@ -168,6 +176,7 @@ SETTINGS = (
     Setting("ALLOW_POTENTIAL_MISMATCH", flag, "1: evaluate with a POTENTIAL other than the reference's (recorded)",
             ("evaluate",), only_with="ALLOW_POTENTIAL_MISMATCH"),
     Setting("BASE_STEPS", integer(1), "make base-model: training steps"),
+    Setting("PART", share, "make reference: k/n relaxes only the k-th of n shares (spread a build over runs)"),
     Setting("MODEL", path(required=False), "make sample: a model dir or a published MatterGen name",
             ("sample",), content=True),
     Setting("PROPERTIES", text, "property columns of DATA to condition on, comma-separated",

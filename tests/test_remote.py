@@ -318,3 +318,23 @@ def test_a_published_model_name_travels_as_a_name(tmp_path, monkeypatch):
     (tmp_path / "mattergen_base" / "config.yaml").write_text("lightning_module: {}\n")
     inputs = resolve_inputs({"BASE_MODEL": "mattergen_base"}, {}, lambda d: False)
     assert [(i.var, i.how) for i in inputs] == [("BASE_MODEL", "upload")]
+
+
+def test_a_reference_build_share_travels_as_a_job(tmp_path):
+    """`make remote TARGET=reference PART=2/4`: the job runs that share of the reference build,
+    its parts landing in the run folder that comes back (OUT/reference-build)."""
+    creds = tmp_path / "credentials"
+    creds.write_text("".join(f"{k}={v}\n" for k, v in FAKE_SECRETS.items()))
+    creds.chmod(0o600)
+    proc = make_remote(tmp_path, "remote", "MACHINE=bohrium", "TARGET=reference", "PART=2/4", "DRY_RUN=1",
+                       f"IMAGE={IMAGE}", env={**FAKE_ACCOUNT, "CRYGEN_CREDENTIALS": str(creds)})
+    assert_ok(proc)
+    job, record = only_job(tmp_path)
+    assert record["make_vars"]["PART"] == "2/4" and record["make_vars"]["OUT"] == "run"
+    script = (job / "task" / "crygen-job.sh").read_text()
+    assert "make reference" in script
+    # the shipped reference travels: the job resumes from it instead of relaxing everything again
+    assert "data" in record["dry_run_description"]["task"]["forward_files"]
+    plan = subprocess.run(["make", "-C", str(ROOT), "-n", "reference", "OUT=run", "PART=2/4"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "--work run/reference-build --part 2/4" in plan

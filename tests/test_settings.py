@@ -119,7 +119,7 @@ def test_stamps_hold_only_the_settings_their_stage_reads():
                                  "OUT": "o", "EPOCHS": "1", "NUM_GEN": "2", "SEED": "3", "DEVICE": "cpu",
                                  "VAL_FRACTION": "0.1", "MAX_ATOMS": "20", "BATCH_SIZE": "8", "GEN_BATCH": "0",
                                  "DRAWS": "4", "RESULTS": "r", "RELAX": "1", "POTENTIAL": "chgnet",
-                                 "REFERENCE": "default", "ALLOW_POTENTIAL_MISMATCH": "0", "BASE_STEPS": "10",
+                                 "REFERENCE": "default", "ALLOW_POTENTIAL_MISMATCH": "0", "BASE_STEPS": "10", "PART": "1/1",
                                  "FINETUNE_MODE": "full", "GUIDANCE": "2.0"})
     raw = {k: str(v) for k, v in values.items()}
     finetune = settings.stamp_text("finetune", values, raw, "")
