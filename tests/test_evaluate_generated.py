@@ -184,10 +184,12 @@ def matcher_cases():
     Hume-Rothery disordered one may not), and a disordered variant."""
     from mattergen.evaluation.utils.structure_matcher import check_is_disordered
 
-    np.random.seed(0)  # Structure.perturb draws from numpy's global generator
     base = demo_structures(60, start=400)
     substitutable = [s for s in base if len(s) <= 6 and check_is_disordered(s)[0]][:3]
     plain = [s for s in base if len(s) <= 6 and not check_is_disordered(s)[0]][:2]
+    # Structure.perturb draws from numpy's global generator: seeded here, after every import
+    # and read that might draw from it first (the cases were otherwise not the same in every run)
+    np.random.seed(0)
     out = []
     for s in substitutable + plain:
         group = [s]
@@ -240,7 +242,7 @@ def test_prepared_matcher_decides_every_pair_as_mattergens_matcher():
         if i != j and structures[i].composition.reduced_formula == structures[j].composition.reduced_formula:
             seen[("same formula", expected)] += 1
     # the cases cover matches and near-misses, and both outcomes of the disordered fallback
-    assert seen[("same formula", True)] > 100 and seen[("same formula", False)] > 50
+    assert seen[("same formula", True)] > 100 and seen[("same formula", False)] > 50, seen
     assert seen[("disordered", False, True)] and seen[("disordered", False, False)]
 
 
