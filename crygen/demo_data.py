@@ -11,33 +11,24 @@ machine trains and validates on exactly the same crystals.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 from crygen.fileio import CrygenError, atomic_path, sha256_file
+from crygen.packaged import PackagedFile, download_member
 
-SDIST = "mattersim==1.2.3"
-MEMBER = "mattersim-1.2.3/data/benchmarks/alexandria-random-1k.xyz"
-SHA256 = "067b94bde28b2c88b57c3e38cab72bee7e551820b7eb3489eaf49d1595f538d2"
+DEMO = PackagedFile("demo", "mattersim==1.2.3", "sdist", "mattersim-1.2.3/data/benchmarks/alexandria-random-1k.xyz",
+                    "067b94bde28b2c88b57c3e38cab72bee7e551820b7eb3489eaf49d1595f538d2",
+                    "mattersim: MIT; data: Alexandria, CC-BY 4.0 (Schmidt et al.)",
+                    "1,000 relaxed Alexandria PBE crystals with their energies")
 
 
 def fetch(dest: Path) -> Path:
-    if dest.is_file() and sha256_file(dest) == SHA256:
+    if dest.is_file() and sha256_file(dest) == DEMO.sha256:
         return dest
-    with tempfile.TemporaryDirectory() as tmpdir:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "mattersim",
-               "--quiet", "-d", tmpdir, SDIST]
-        subprocess.run(cmd, check=True)
-        (sdist,) = Path(tmpdir).glob("mattersim-*.tar.gz")
-        with tarfile.open(sdist) as tar:
-            data = tar.extractfile(MEMBER).read()
+    data = download_member(DEMO)  # hash-checked
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
-        if sha256_file(tmp) != SHA256:
-            raise CrygenError(dest, f"SHA-256 mismatch for {MEMBER} from {SDIST}")
     return dest
 
 

