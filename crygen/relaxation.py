@@ -101,6 +101,8 @@ def _one_backward_pass() -> Iterator[None]:
     to float32 rounding (tests/test_relaxation.py), in less than half the time on a CPU."""
     import torch
 
+    from crygen import patches
+
     original = torch.autograd.grad
     pending: list = []
 
@@ -116,11 +118,8 @@ def _one_backward_pass() -> Iterator[None]:
         pending.append(tuple(both[len(inputs):]))
         return tuple(both[: len(inputs)])
 
-    torch.autograd.grad = grad
-    try:
+    with patches.applied("relaxation.one_backward_pass", relaxation__one_backward_pass=grad):
         yield
-    finally:
-        torch.autograd.grad = original
 
 
 class MatterSimPotential(Potential):
@@ -226,8 +225,6 @@ def relax(
     """Relax every structure; ``max_atoms_per_batch=0`` relaxes one structure at a time.
     ``progress``: a line (``crygen.cli.say``) each time another tenth of the structures is done."""
     from crygen.cli import say
-    from ase.filters import ExpCellFilter
-    from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
     results: list[Relaxed | None] = [None] * len(structures)
@@ -245,42 +242,64 @@ def relax(
         if progress and (done % report_every == 0 or done == len(structures)):
             say(f"relax: {done}/{len(structures)} structures done")
     while pending or active:
-        # Fill the batch: structures start as others finish, never above the atom budget.
-        while pending and (not active or max_atoms_per_batch > 0 and
-                           sum(len(a) for a, _, _ in active.values()) + len(structures[pending[-1]]) <= max_atoms_per_batch):
-            i = pending.pop()
-            atoms = AseAtomsAdaptor.get_atoms(structures[i])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                opt = FIRE(ExpCellFilter(atoms), logfile=None)
-            active[i] = (atoms, opt, [0])
+        _fill_batch(structures, pending, active, max_atoms_per_batch)
         order = list(active)
-        try:
-            predictions = potential.predict([active[i][0] for i in order])
-        except Exception as e:  # one bad structure must not sink the batch: retry one by one
-            if len(order) > 1:
-                predictions = []
-                for i in order:
-                    try:
-                        predictions.append(potential.predict([active[i][0]])[0])
-                    except Exception as e1:
-                        predictions.append(e1)
-            else:
-                predictions = [e]
+        predictions = _predict_batch(potential, [active[i][0] for i in order])
         for i, pred in zip(order, predictions):
-            atoms, opt, steps = active[i]
-            if isinstance(pred, Exception):
-                finish(i, float("nan"), False, one_line(pred))
-                continue
-            energy, forces, stress = pred
-            if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and np.all(np.isfinite(stress))):
-                finish(i, float("nan"), False, "potential returned non-finite values")
-                continue
-            _attach(atoms, energy, forces, stress)
-            fmax_now = np.linalg.norm(opt.optimizable.get_forces(), axis=1).max()
-            if fmax_now < fmax or steps[0] >= max_steps:
-                finish(i, energy, bool(fmax_now < fmax))
-                continue
-            opt.step()
-            steps[0] += 1
+            outcome = _step(active[i], pred, fmax, max_steps)
+            if outcome is not None:
+                finish(i, *outcome)
     return results  # type: ignore[return-value]
+
+
+def _fill_batch(structures: Sequence[Any], pending: list[int], active: dict[int, tuple[Any, Any, list]],
+                max_atoms_per_batch: int) -> None:
+    """Start structures (from the end of ``pending``) as others finish, never above the atom budget."""
+    from ase.filters import ExpCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    while pending and (not active or max_atoms_per_batch > 0 and
+                       sum(len(a) for a, _, _ in active.values()) + len(structures[pending[-1]]) <= max_atoms_per_batch):
+        i = pending.pop()
+        atoms = AseAtomsAdaptor.get_atoms(structures[i])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = FIRE(ExpCellFilter(atoms), logfile=None)
+        active[i] = (atoms, opt, [0])
+
+
+def _predict_batch(potential: Potential, atoms_list: list[Any]) -> list[Any]:
+    """The potential's predictions for ``atoms_list`` in one call; when that fails, one call per
+    structure (one bad structure must not sink the batch), an exception in place of each that fails."""
+    try:
+        return potential.predict(atoms_list)
+    except Exception as e:
+        if len(atoms_list) > 1:
+            predictions: list[Any] = []
+            for atoms in atoms_list:
+                try:
+                    predictions.append(potential.predict([atoms])[0])
+                except Exception as e1:
+                    predictions.append(e1)
+            return predictions
+        return [e]
+
+
+def _step(entry: tuple[Any, Any, list], prediction: Any, fmax: float,
+          max_steps: int) -> tuple[float, bool, str | None] | None:
+    """One optimiser step of a structure from its ``prediction``, or how it ended (energy,
+    converged, error) when it failed, converged or ran out of steps."""
+    atoms, opt, steps = entry
+    if isinstance(prediction, Exception):
+        return float("nan"), False, one_line(prediction)
+    energy, forces, stress = prediction
+    if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and np.all(np.isfinite(stress))):
+        return float("nan"), False, "potential returned non-finite values"
+    _attach(atoms, energy, forces, stress)
+    fmax_now = np.linalg.norm(opt.optimizable.get_forces(), axis=1).max()
+    if fmax_now < fmax or steps[0] >= max_steps:
+        return energy, bool(fmax_now < fmax), None
+    opt.step()
+    steps[0] += 1
+    return None
