@@ -20,9 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crygen import mattergen_compat as mc
+from crygen import patches
 from crygen.cli import say
 from crygen.fileio import one_line
+from crygen.mattergen import speedups
+from crygen.mattergen.configs import sampling_overrides
+from crygen.mattergen.files import SAMPLING_CONFIG_DIR
+from crygen.mattergen.model_dir import ModelDir
+from crygen.mattergen.num_atoms import register_num_atoms_distribution
 
 TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
 CPU_MAX_BATCH = 256  # beyond this a CPU gains no throughput
@@ -81,7 +86,7 @@ def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> 
     1.6x the crystals per minute of 64). On CPU a bigger batch saves only the fixed cost of
     each sampler step (Python and op dispatch, about 7 ms of GemNet's 11 ms per step at batch
     4 for the embedded model); per-crystal compute decides the rest, and crygen's radius graph, bilinear layer
-    and memory reuse (mattergen_compat, keep_freed_memory) cut it by about 30 %. End to end on
+    and memory reuse (crygen.mattergen.speedups, keep_freed_memory) cut it by about 30 %. End to end on
     two cores, batches of 64 or 128 sample 3.2x as many crystals per minute as batches of 4
     with the embedded model (tests/bench_pipeline.py, alternating runs; 2.1x without those
     speed-ups). At MatterGen's real size a CPU is compute-bound from the first structure
@@ -112,8 +117,8 @@ def _sampler(module, config: dict[str, Any], guidance: float, extra_overrides: l
     from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
-    overrides = mc.sampling_overrides(config) + list(extra_overrides) + [f"sampler_partial.guidance_scale={guidance}"]
-    with hydra.initialize_config_dir(str(mc.SAMPLING_CONFIG_DIR), version_base="1.1"):
+    overrides = sampling_overrides(config) + list(extra_overrides) + [f"sampler_partial.guidance_scale={guidance}"]
+    with hydra.initialize_config_dir(str(SAMPLING_CONFIG_DIR), version_base="1.1"):
         cfg = hydra.compose(config_name="default", overrides=overrides)
     return instantiate(cfg.sampler_partial)(pl_module=module)
 
@@ -218,8 +223,37 @@ def batch_seed(seed: int, batch: int, retry: int) -> int:
     return int(np.random.SeedSequence([seed, batch, retry]).generate_state(1)[0])
 
 
+@dataclass
+class Sampling:
+    """What a generation run samples with, prepared once (:func:`prepare_sampling`): the model's
+    config and module, MatterGen's sampler (probed), the name of the atom-count distribution,
+    the model dir's own sampling overrides."""
+
+    config: dict[str, Any]
+    module: Any
+    sampler: Any
+    probe: ScoreProbe
+    num_atoms_distribution: str
+    overrides: list
+
+
+def prepare_sampling(model: ModelDir, device: str, guidance: float) -> Sampling:
+    """Load the model (its checkpoint read once, by ``model``), register its atom-count
+    distribution and build the sampler."""
+    config = model.config
+    module = model.lightning_module(device)
+    info = model.info
+    dist_name = "ALEX_MP_20"
+    if "num_atoms_distribution" in info:
+        dist_name = register_num_atoms_distribution(f"crygen:{model.path}", info["num_atoms_distribution"])
+    keep_freed_memory()
+    overrides = list(info.get("sampling_overrides", []))
+    sampler = _sampler(module, config, guidance, overrides)
+    return Sampling(config, module, sampler, ScoreProbe(sampler), dist_name, overrides)
+
+
 def generate(
-    model_dir: Path,
+    model_dir: ModelDir | Path,
     num_gen: int,
     seed: int,
     device: str = "cpu",
@@ -236,79 +270,108 @@ def generate(
     loses its samples (counted, with the error) and is drawn again, at most ``max_retries``
     times, with seeds from :func:`batch_seed`; a batch that fails every time ends generation
     (:class:`GenerationFailure`), as does a failure within the first denoising step
-    (:class:`ModelFailure`: the model itself) and a run in which no sample passed the check."""
-    import numpy as np
-    import torch
-    from mattergen.common.data.condition_factory import get_number_of_atoms_condition_loader
-    from mattergen.common.utils.data_utils import lattice_matrix_to_params_torch
-    from mattergen.generator import structure_from_model_output, structures_from_trajectory
-
-    config = mc.load_model_config(model_dir)
-    module = mc.load_lightning_module(model_dir, device)
-    info = mc.read_model_info(model_dir)
-    dist_name = "ALEX_MP_20"
-    if "num_atoms_distribution" in info:
-        dist_name = mc.register_num_atoms_distribution(f"crygen:{model_dir}", info["num_atoms_distribution"])
-    mc.install_sampling_speedups()  # less time per step; mattergen_compat says how close to MatterGen's
-    keep_freed_memory()
-    overrides = list(info.get("sampling_overrides", []))
-    sampler = _sampler(module, config, guidance, overrides)
-    probe = ScoreProbe(sampler)
-    result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, config, device),
-                              sampling_overrides=overrides)
+    (:class:`ModelFailure`: the model itself) and a run in which no sample passed the check.
+    ``model_dir``: a :class:`ModelDir` (its checkpoint, if read already, is not read again) or a path."""
+    run = prepare_sampling(ModelDir.of(model_dir, verify=True), device, guidance)
+    result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, run.config, device),
+                              sampling_overrides=run.overrides)
     plan = batch_sizes(num_gen, result.batch_size)
     start = time.time()
-    for batch, n in enumerate(plan, start=1):
-        for retry in range(max_retries + 1):
-            # MatterGen draws each sample's atom count from numpy's global generator
-            torch.manual_seed(batch_seed(seed, batch, retry))
-            np.random.seed(batch_seed(seed, batch, retry))
-            loader = get_number_of_atoms_condition_loader(
-                num_atoms_distribution=dist_name, num_samples=n, batch_size=n, shuffle=False,
-                properties=properties,
-            )
-            (conditioning, mask), = list(loader)
-            probe.new_batch()
-            result.batches_run += 1
-            result.drawn += n
-            try:
-                if record_trajectories:
-                    _, mean, records = sampler.sample_with_record(conditioning, mask)
-                else:
-                    _, mean = sampler.sample(conditioning, mask)
-                    records = None
-                mean = mean.to("cpu")
-                lengths, angles = lattice_matrix_to_params_torch(mean.cell)
-                structures = structure_from_model_output(
-                    mean.pos, mean.atomic_numbers, lengths, angles, mean.num_atoms
-                )
-            except Exception as e:  # a diverging sample surfaces as many error types
-                model_failure = probe.failure(e)
-                if model_failure is not None:
-                    raise model_failure from e
-                result.failed_batches.append({"batch": batch, "retry": retry, "size": n, "error": one_line(e)})
-                if retry == max_retries:
-                    raise GenerationFailure(
-                        f"batch {batch}/{len(plan)} failed on all {max_retries + 1} draws, each with its own seed "
-                        f"(last: {one_line(e)}): the model's samples diverge too often") from e
-                log(f"generate: batch {batch}/{len(plan)} failed ({one_line(e)}); its {n} samples are "
-                    f"counted as lost, drawing it again (retry {retry + 1} of {max_retries})")
-                continue
-            keep = [i for i, s in enumerate(structures) if _is_sane(s)]
-            result.failed_sanity_check += len(structures) - len(keep)
-            result.structures.extend(structures[i] for i in keep)
-            if records is not None:
-                step = max(1, len(records) // TRAJECTORY_FRAMES)
-                frames = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
-                per_frame = [structures_from_trajectory([f]) for f in frames]
-                result.trajectories.extend([frame[i] for frame in per_frame] for i in keep)
-            break
-        log(f"generate: batch {batch}/{len(plan)}: {len(result.structures)} structures written of "
-            f"{result.drawn} drawn, {time.time() - start:.0f} s")
+    # less time per step, while sampling only; crygen.mattergen.speedups says how close to MatterGen's
+    with patches.applied(*speedups.SAMPLING):
+        _draw_all(run, result, plan, seed, properties, record_trajectories, max_retries, log, start)
     result.seconds = time.time() - start
     if not result.structures:
         raise GenerationFailure(f"none of the {result.drawn} samples drawn passed the sanity check ({SANITY_CHECK})")
     return result
+
+
+def _draw_all(run: Sampling, result: GenerationResult, plan: list[int], seed: int, properties: dict[str, Any] | None,
+              record_trajectories: bool, max_retries: int, log, start: float) -> None:
+    """Every batch of ``plan``, each drawn again on failure up to ``max_retries`` times."""
+    for batch, n in enumerate(plan, start=1):
+        for retry in range(max_retries + 1):
+            error = _draw_batch(run, result, n, batch_seed(seed, batch, retry), properties, record_trajectories)
+            if error is None:
+                break
+            result.failed_batches.append({"batch": batch, "retry": retry, "size": n, "error": one_line(error)})
+            if retry == max_retries:
+                raise GenerationFailure(
+                    f"batch {batch}/{len(plan)} failed on all {max_retries + 1} draws, each with its own seed "
+                    f"(last: {one_line(error)}): the model's samples diverge too often") from error
+            log(f"generate: batch {batch}/{len(plan)} failed ({one_line(error)}); its {n} samples are "
+                f"counted as lost, drawing it again (retry {retry + 1} of {max_retries})")
+        log(f"generate: batch {batch}/{len(plan)}: {len(result.structures)} structures written of "
+            f"{result.drawn} drawn, {time.time() - start:.0f} s")
+
+
+def _draw_batch(run: Sampling, result: GenerationResult, n: int, seed: int, properties: dict[str, Any] | None,
+                record_trajectories: bool) -> Exception | None:
+    """One draw of a batch of ``n`` samples with ``seed``, counted in ``result``: its sane
+    samples kept, the others counted. The sampler's error if it raised (then the batch's
+    samples are lost), unless the model itself failed (:class:`ModelFailure`, raised)."""
+    conditioning, mask = _batch_conditions(run, n, seed, properties)
+    run.probe.new_batch()
+    result.batches_run += 1
+    result.drawn += n
+    try:
+        structures, records = _run_sampler(run, conditioning, mask, record_trajectories)
+    except Exception as e:  # a diverging sample surfaces as many error types
+        model_failure = run.probe.failure(e)
+        if model_failure is not None:
+            raise model_failure from e
+        return e
+    _keep_sane(result, structures, records)
+    return None
+
+
+def _batch_conditions(run: Sampling, n: int, seed: int, properties: dict[str, Any] | None):
+    """A batch's atom counts (and conditions), drawn with ``seed``."""
+    import numpy as np
+    import torch
+    from mattergen.common.data.condition_factory import get_number_of_atoms_condition_loader
+
+    # MatterGen draws each sample's atom count from numpy's global generator
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    loader = get_number_of_atoms_condition_loader(
+        num_atoms_distribution=run.num_atoms_distribution, num_samples=n, batch_size=n, shuffle=False,
+        properties=properties,
+    )
+    (conditioning, mask), = list(loader)
+    return conditioning, mask
+
+
+def _run_sampler(run: Sampling, conditioning, mask, record_trajectories: bool):
+    """The sampler on one batch: its structures and, if recorded, its trajectory's records."""
+    from mattergen.common.utils.data_utils import lattice_matrix_to_params_torch
+    from mattergen.generator import structure_from_model_output
+
+    if record_trajectories:
+        _, mean, records = run.sampler.sample_with_record(conditioning, mask)
+    else:
+        _, mean = run.sampler.sample(conditioning, mask)
+        records = None
+    mean = mean.to("cpu")
+    lengths, angles = lattice_matrix_to_params_torch(mean.cell)
+    structures = structure_from_model_output(
+        mean.pos, mean.atomic_numbers, lengths, angles, mean.num_atoms
+    )
+    return structures, records
+
+
+def _keep_sane(result: GenerationResult, structures: list, records) -> None:
+    """The samples that pass :func:`_is_sane` (and their trajectories) into ``result``; the others counted."""
+    from mattergen.generator import structures_from_trajectory
+
+    keep = [i for i, s in enumerate(structures) if _is_sane(s)]
+    result.failed_sanity_check += len(structures) - len(keep)
+    result.structures.extend(structures[i] for i in keep)
+    if records is not None:
+        step = max(1, len(records) // TRAJECTORY_FRAMES)
+        frames = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
+        per_frame = [structures_from_trajectory([f]) for f in frames]
+        result.trajectories.extend([frame[i] for frame in per_frame] for i in keep)
 
 
 def write_trajectories(trajectories: list, path: Path) -> None:

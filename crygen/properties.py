@@ -8,7 +8,7 @@ binary column of yes/no, true/false or 0/1 becomes ``["no", "yes"]``), ``chemica
 and ``space_group`` (both computed from the structure where the input has no value).
 Values are stored as MatterGen's ``<split>/<name>.json``: floats, category indices (null
 where missing, strict JSON; read back as the NaN on which MatterGen trains the unconditional
-branch, see ``mattergen_compat.crystal_dataset_from_cache``), chemical-system strings and
+branch, see ``crygen.mattergen.configs.crystal_dataset_from_cache``), chemical-system strings and
 space-group symbols.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from crygen.fileio import CrygenError, dumps_json
-from crygen.mattergen_compat import CATEGORICAL, CHEMICAL_SYSTEM, FLOAT, SPACE_GROUP
+from crygen.mattergen.properties import CATEGORICAL, CHEMICAL_SYSTEM, FLOAT, SPACE_GROUP
 
 MISSING_LABELS = {"", "nan", "na", "n/a", "none", "null"}
 YES, NO = {"yes", "true", "1", "1.0", "y", "t"}, {"no", "false", "0", "0.0", "n", "f"}

@@ -16,10 +16,13 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crygen.cli import say
 from crygen.fileio import CrygenError, replace_with, write_json
+
+if TYPE_CHECKING:
+    from crygen.mattergen.model_dir import ModelDir
 
 PROGRESS_LINES = 5  # at most this many progress lines per run, whatever its length
 
@@ -75,16 +78,23 @@ def fit(
     step counts. ``progress_every``: steps between progress lines (None: ~10 % of the run).
 
     The caller finishes the run folder and then calls :func:`mark_done`."""
-    import pytorch_lightning as pl
     from hydra.utils import instantiate
-    from mattergen.diffusion.run import AddConfigCallback
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    run_file = run_dir / "run.json"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = _start_or_resume(run_dir, settings, name)
+    datamodule = instantiate(config["data_module"])
+    trainer = _trainer(config, run_dir, max_epochs, max_steps, accelerator, checkpoint_every, progress_every, name)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    trainer.save_checkpoint(str(last))  # the final state, whatever the checkpoint cadence
+    return last, {"global_step": trainer.global_step, "epochs": trainer.current_epoch}
 
+
+def _start_or_resume(run_dir: Path, settings: dict[str, Any], name: str) -> bool:
+    """Whether ``run_dir`` holds a run of these ``settings`` to resume; if not, it is emptied
+    and started with them."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    run_file = run_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.is_file() else None
     resume = previous == settings and last.is_file()
     if not resume:
@@ -93,9 +103,18 @@ def fit(
         write_json(run_file, settings)
     else:
         say(f"{name}: resuming from {last}")
+    return resume
 
-    datamodule = instantiate(config["data_module"])
-    trainer = pl.Trainer(
+
+def _trainer(config: dict[str, Any], run_dir: Path, max_epochs: int, max_steps: int, accelerator: str,
+             checkpoint_every: int, progress_every: int | None, name: str):
+    """Lightning's trainer as crygen trains: float32, clipped gradients, no validation, a
+    checkpoint every ``checkpoint_every`` steps and at each epoch end, a few progress lines."""
+    import pytorch_lightning as pl
+    from mattergen.diffusion.run import AddConfigCallback
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    return pl.Trainer(
         accelerator=accelerator,
         devices=1,
         precision=32,
@@ -111,7 +130,7 @@ def fit(
         default_root_dir=str(run_dir),
         callbacks=[
             ModelCheckpoint(
-                dirpath=str(ckpt_dir),
+                dirpath=str(run_dir / "checkpoints"),
                 save_last=True,
                 save_top_k=0,
                 every_n_train_steps=checkpoint_every,
@@ -121,9 +140,6 @@ def fit(
             _progress_callback(name, progress_every),
         ],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
-    trainer.save_checkpoint(str(last))  # the final state, whatever the checkpoint cadence
-    return last, {"global_step": trainer.global_step, "epochs": trainer.current_epoch}
 
 
 def mark_done(run_dir: Path, record: dict[str, Any]) -> None:
@@ -141,3 +157,75 @@ def promote(staging: Path, out: Path, required: tuple[str, ...] = MODEL_DIR_FILE
     if lacking:
         raise CrygenError(staging, f"training output incomplete (no {lacking[0]}); {out} left as it was")
     replace_with(staging, out)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def finetune_module(base: ModelDir, data: Path, definitions: dict[str, dict[str, Any]], mode: str,
+                    batch_size: int, epochs: int, lr: float) -> tuple[dict[str, Any], Any, dict[str, dict[str, Any]]]:
+    """The config and module that fine-tune ``base`` on the prepared dataset ``data``, with an
+    adapter embedding ``definitions`` (none: the base's own architecture), and the base's own
+    property definitions. ``mode``: "adapter" trains only the new adapters, "full" everything."""
+    from hydra.utils import instantiate
+
+    from crygen import properties as props
+    from crygen.mattergen import configs
+    from crygen.mattergen import properties as mp
+
+    base_config = base.config
+    names = list(definitions)
+    # a conditioned base (MatterGen's chemical_system, ...) keeps its conditions; properties
+    # the data lacks are embedded unconditionally, as MatterGen does for a missing value
+    base_definitions = mp.model_property_definitions(base)
+    mp.register_properties(base_definitions)
+    if definitions:
+        base_config = mp.adapter_config(base_config, definitions)
+    config = configs.with_data_module(base_config, configs.data_module_config(
+        data, batch_size=batch_size, max_epochs=epochs, properties=names))
+    config["lightning_module"]["optimizer_partial"]["lr"] = lr
+    base_state = base.checkpoint["state_dict"]
+    if definitions:
+        module = mp.init_adapter_module(config, base_state, trainable=names if mode == "adapter" else None)
+        # a property the base already embeds keeps the scaler it was trained with
+        mp.fit_property_scalers(module, {n: props.read_split_values(data, "train", n) for n, d in definitions.items()
+                                         if d["kind"] == mp.FLOAT and n not in base_definitions})
+    else:
+        module = instantiate(config["lightning_module"])
+        module.load_state_dict(base_state, strict=True)
+    return config, module, base_definitions
+
+
+def finetuned_model_info(base: ModelDir, data: Path, settings: dict[str, Any], definitions: dict[str, Any],
+                         base_definitions: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuned model dir's ``crygen_model.json``: its base, settings, atom counts,
+    config adaptations, the base's sampling overrides and every property it takes."""
+    import numpy as np
+
+    from crygen.mattergen.num_atoms import num_atoms_distribution
+
+    info = {
+        "kind": "crygen fine-tuned model",
+        "base_model": str(base.path.resolve()),
+        "settings": settings,
+        "num_atoms_distribution": num_atoms_distribution(np.load(Path(data) / "train" / "num_atoms.npy")),
+    }
+    if base.adaptations:
+        info["config_adaptations"] = base.adaptations
+    base_info = base.info
+    if "sampling_overrides" in base_info:  # how the base is sampled holds for its fine-tuned self
+        info["sampling_overrides"] = base_info["sampling_overrides"]
+    if definitions or base_definitions:
+        info["properties"] = {**base_definitions, **definitions}
+    return info
+
+
+def write_finetuned(staging: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
+    """The model dir's config and info beside the checkpoint training left in ``staging``."""
+    import yaml
+
+    from crygen.fileio import dumps_json
+    from crygen.mattergen.model_dir import CRYGEN_MODEL_INFO
+
+    (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (staging / CRYGEN_MODEL_INFO).write_text(dumps_json(info))

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, seed_everything, stage
-from crygen.fileio import CrygenError, dumps_json, read_json, sha256_file
+from crygen.cli import pick_device, say, seed_everything, setting_option, stage
+from crygen.fileio import CrygenError, read_json, sha256_file
 
 # MatterGen's fine-tuning learning rate: optimizer lr of every published fine-tuned model's
 # config (dft_band_gap, dft_mag_density, chemical_system, ...), its base models train at 1e-4
@@ -51,64 +51,36 @@ def parse_lr(text: str | None) -> float:
 @click.option("--base-model", required=True, type=click.Path(path_type=Path), help="MatterGen model dir.")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder from prepare_data.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Fine-tune folder to write.")
-@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=None, help=f"Learning rate (default: {DEFAULT_LR:g}, MatterGen's fine-tuning rate).")
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--properties", "property_names", default="", help="Comma-separated properties to condition on.")
-@click.option("--mode", type=click.Choice(["full", "adapter"]), default="full", show_default=True,
+@setting_option("EPOCHS", "--epochs", show_default=True, type=click.IntRange(1))
+@setting_option("BATCH_SIZE", "--batch-size", show_default=True, type=click.IntRange(1))
+@setting_option("LR", "--lr", help=f"Learning rate (default: {DEFAULT_LR:g}, MatterGen's fine-tuning rate).")
+@setting_option("SEED", "--seed", show_default=True, type=int)
+@setting_option("DEVICE", "--device", show_default=True)
+@setting_option("PROPERTIES", "--properties", "property_names", help="Comma-separated properties to condition on.")
+@setting_option("FINETUNE_MODE", "--mode", type=click.Choice(["full", "adapter"]), show_default=True,
               help="With --properties: train the whole model or only the adapter.")
 @click.option("--max-steps", default=-1, type=int, help="Stop after this many steps (default: the epochs).")
 @stage("finetune")
 def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_names, mode, max_steps):
-    import numpy as np
-    from hydra.utils import instantiate
-
-    from crygen import mattergen_compat as mc
     from crygen import properties as props
-    from crygen.training import fit, mark_done, promote, staging_dir
+    from crygen.dataset import PreparedDataset
+    from crygen.mattergen.files import ensure_mattergen_files
+    from crygen.mattergen.model_dir import ModelDir
+    from crygen.training import (finetune_module, finetuned_model_info, fit, mark_done, promote, staging_dir,
+                                 write_finetuned)
 
     lr = parse_lr(lr)
-    base_model = mc.check_model_dir(base_model)
-    if not (Path(data) / "train" / "pos.npy").is_file():
-        raise CrygenError(data, "not a prepared dataset (no train/pos.npy); run prepare_data first")
-    dataset = read_json(Path(data) / "dataset.json")
+    base = ModelDir(base_model, verify=True)  # its checkpoint read here, once
+    dataset = PreparedDataset.open(data, advice="run prepare_data first").record
     device = pick_device(device)
     seed_everything(seed)
-    mc.ensure_mattergen_files()
-
+    ensure_mattergen_files()
     names = props.parse_names(property_names)
     definitions = _dataset_properties(Path(data), names)
-    for name, d in definitions.items():
-        if d["kind"] in (mc.FLOAT, mc.CATEGORICAL) and all(props.is_missing(v) for v in props.read_split_values(data, "train", name)):
-            # its scaler would be fitted on nothing and every conditional embedding be NaN
-            raise CrygenError(data, f"property {name!r} has no value in the training split")
-    if mode == "adapter" and not definitions:
-        raise CrygenError(None, "FINETUNE_MODE=adapter needs PROPERTIES (the adapter embeds them)")
-    base_config, adaptations = mc.read_model_config(base_model)
-    # a conditioned base (MatterGen's chemical_system, ...) keeps its conditions; properties
-    # the data lacks are embedded unconditionally, as MatterGen does for a missing value
-    base_definitions = mc.model_property_definitions(base_model)
-    mc.register_properties(base_definitions)
-    if definitions:
-        base_config = mc.adapter_config(base_config, definitions)
-    config = mc.with_data_module(base_config, mc.data_module_config(
-        data, batch_size=batch_size, max_epochs=epochs, properties=names))
-    config["lightning_module"]["optimizer_partial"]["lr"] = lr
-    base_ckpt = Path(base_model) / "checkpoints" / "last.ckpt"
-    base_state = mc.read_checkpoint(base_ckpt)["state_dict"]
-    if definitions:
-        module = mc.init_adapter_module(config, base_state, trainable=names if mode == "adapter" else None)
-        # a property the base already embeds keeps the scaler it was trained with
-        mc.fit_property_scalers(module, {n: props.read_split_values(data, "train", n) for n, d in definitions.items()
-                                         if d["kind"] == mc.FLOAT and n not in base_definitions})
-    else:
-        module = instantiate(config["lightning_module"])
-        module.load_state_dict(base_state, strict=True)
-
+    _check_properties(data, definitions, mode)
+    config, module, base_definitions = finetune_module(base, data, definitions, mode, batch_size, epochs, lr)
     settings = {
-        "base_checkpoint_sha256": sha256_file(base_ckpt),
+        "base_checkpoint_sha256": sha256_file(base.checkpoint_path),
         "data_sha256": dataset["input_sha256"],
         "dataset": {k: dataset[k] for k in ("val_fraction", "seed", "max_atoms")},
         "epochs": epochs,
@@ -123,27 +95,23 @@ def main(base_model, data, out, epochs, batch_size, lr, seed, device, property_n
     staging = staging_dir(out)
     _, steps = fit(module, config, staging, settings, max_epochs=epochs, max_steps=max_steps,
                    accelerator="gpu" if device.startswith("cuda") else "cpu", name="finetune")
-
-    import yaml
-
-    (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    info = {
-        "kind": "crygen fine-tuned model",
-        "base_model": str(Path(base_model).resolve()),
-        "settings": settings,
-        "num_atoms_distribution": mc.num_atoms_distribution(np.load(Path(data) / "train" / "num_atoms.npy")),
-    }
-    if adaptations:
-        info["config_adaptations"] = adaptations
-    base_info = mc.read_model_info(base_model)
-    if "sampling_overrides" in base_info:  # how the base is sampled holds for its fine-tuned self
-        info["sampling_overrides"] = base_info["sampling_overrides"]
-    if definitions or base_definitions:
-        info["properties"] = {**base_definitions, **definitions}
-    (staging / mc.CRYGEN_MODEL_INFO).write_text(dumps_json(info))
+    write_finetuned(staging, config, finetuned_model_info(base, data, settings, definitions, base_definitions))
     mark_done(staging, {**steps, "device": device, "lr": lr})  # the Makefile's target: the model dir is whole
     promote(staging, out)
     say(f"finetune: {epochs} epoch(s), {steps['global_step']} steps at learning rate {lr:g} -> {out}")
+
+
+def _check_properties(data: Path, definitions: dict, mode: str) -> None:
+    """Every property to condition on has a training value; adapter mode has properties."""
+    from crygen import properties as props
+    from crygen.mattergen.properties import CATEGORICAL, FLOAT
+
+    for name, d in definitions.items():
+        if d["kind"] in (FLOAT, CATEGORICAL) and all(props.is_missing(v) for v in props.read_split_values(data, "train", name)):
+            # its scaler would be fitted on nothing and every conditional embedding be NaN
+            raise CrygenError(data, f"property {name!r} has no value in the training split")
+    if mode == "adapter" and not definitions:
+        raise CrygenError(None, "FINETUNE_MODE=adapter needs PROPERTIES (the adapter embeds them)")
 
 
 def _dataset_properties(data: Path, names: list[str]) -> dict:

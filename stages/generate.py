@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, stage
+from crygen.cli import pick_device, say, setting_option, stage
 from crygen.fileio import CrygenError, atomic_path, write_json
 
 
@@ -39,17 +39,18 @@ from crygen.fileio import CrygenError, atomic_path, write_json
 @click.option("--model-out", default=None, type=click.Path(path_type=Path), help="model_for_generation dir to write.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Results folder.")
 @click.option("--num-gen", required=True, type=int, help="Samples to draw (fewer may pass the sanity check).")
-@click.option("--batch-size", default=0, show_default=True, type=click.IntRange(0), help="0 = automatic.")
-@click.option("--seed", default=42, show_default=True, type=int)
+@setting_option("GEN_BATCH", "--batch-size", show_default=True, type=click.IntRange(0), help="0 = automatic.")
+@setting_option("SEED", "--seed", show_default=True, type=int)
 @click.option("--trajectories/--no-trajectories", default=True, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--condition", default="", help="name=value,... of properties the model was fine-tuned on.")
-@click.option("--guidance", default=2.0, show_default=True, type=float, help="Classifier-free guidance factor.")
+@setting_option("DEVICE", "--device", show_default=True)
+@setting_option("CONDITION", "--condition", help="name=value,... of properties the model was fine-tuned on.")
+@setting_option("GUIDANCE", "--guidance", show_default=True, type=float, help="Classifier-free guidance factor.")
 @stage("generate")
 def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device, condition,
          guidance):
-    from crygen import mattergen_compat as mc
     from crygen.generation import generate
+    from crygen.mattergen.model_dir import ModelDir
+    from crygen.mattergen.properties import model_property_definitions
     from crygen.properties import parse_condition
 
     if num_gen < 1:
@@ -57,12 +58,13 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
     if (model is None) == (finetuned is None) or (finetuned is not None and (base_model is None or model_out is None)):
         raise CrygenError(None, "give --model, or --base-model with --finetuned and --model-out")
     if model is not None:
-        model_dir = mc.check_model_dir(model)
-        definitions = mc.model_property_definitions(model_dir)
+        model_dir = ModelDir(model, verify=True)  # its checkpoint read here, once
+        definitions = model_property_definitions(model_dir)
     else:
-        base_model, finetuned = mc.check_model_dir(base_model), mc.check_model_dir(finetuned)
-        definitions = mc.model_property_definitions(finetuned)
-    target = parse_condition(condition, definitions, model_dir if model else finetuned) if condition.strip() else {}
+        base_model, finetuned = ModelDir(base_model), ModelDir(finetuned, verify=True)
+        definitions = model_property_definitions(finetuned)
+    source = (model_dir if model else finetuned).path
+    target = parse_condition(condition, definitions, source) if condition.strip() else {}
     if target and guidance < 0:
         raise CrygenError(None, f"GUIDANCE={guidance:g}: must be at least 0")
     device = pick_device(device)
@@ -70,11 +72,9 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
     check_results_folder(out)
     failed = out / "GENERATION_FAILED.txt"
     if model is None:
-        info = mc.read_model_info(finetuned) or mc.read_model_info(base_model)
         # a property-conditioned model has its own (adapter) architecture, not the base's
-        config_dir = finetuned if definitions else base_model
-        model_dir = mc.write_model_dir(model_out, mc.load_model_config(config_dir),
-                                       Path(finetuned) / "checkpoints" / "last.ckpt", info)
+        config = (finetuned if definitions else base_model).config
+        model_dir = ModelDir.write(model_out, config, finetuned, finetuned.info or base_model.info)
     try:
         result = generate(model_dir, num_gen, seed, device=device, batch_size=batch_size or None,
                           record_trajectories=trajectories, properties=target or None,
@@ -86,7 +86,7 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
             write_results(new, result, trajectories, {
                 "seed": seed,
                 "device": device,
-                "model_dir": str(Path(model_dir).resolve()),
+                "model_dir": str(model_dir.path.resolve()),
                 **({"condition": target, "guidance": guidance} if target else {}),
             })
     except Exception as e:

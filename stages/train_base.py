@@ -12,15 +12,15 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, seed_everything, stage
-from crygen.fileio import CrygenError, read_json
+from crygen.cli import pick_device, say, seed_everything, setting_option, stage
+from crygen.fileio import CrygenError
 
 
 @click.command(help=__doc__)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder from prepare_data.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model dir to write.")
 @click.option("--work-dir", required=True, type=click.Path(path_type=Path), help="Scratch folder for checkpoints.")
-@click.option("--max-steps", default=10000, show_default=True, type=int)
+@setting_option("BASE_STEPS", "--max-steps", show_default=True, type=int)
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--lr", default=5e-4, show_default=True, type=float)
 @click.option("--hidden-dim", default=64, show_default=True, type=int)
@@ -33,20 +33,19 @@ from crygen.fileio import CrygenError, read_json
                    "element frequencies and samples 4-18 elements per cell.")
 @click.option("--init-from", type=click.Path(path_type=Path),
               help="Start from this model dir's weights (same architecture); its recipe is kept as the parent.")
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--device", default="auto", show_default=True)
+@setting_option("SEED", "--seed", show_default=True, type=int)
+@setting_option("DEVICE", "--device", show_default=True)
 @stage("train_base")
 def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks, max_neighbors, cutoff,
          diffusion_steps, atom_type_loss_weight, init_from, seed, device):
     import numpy as np
     from hydra.utils import instantiate
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
+    from crygen.dataset import PreparedDataset
     from crygen.training import fit
 
-    dataset = read_json(Path(data) / "dataset.json")
-    if not (Path(data) / "train" / "pos.npy").is_file():
-        raise CrygenError(data, "not a prepared dataset (no train/pos.npy)")
+    dataset = PreparedDataset.open(data).record
     device = pick_device(device)
     seed_everything(seed)
     mc.ensure_mattergen_files()
@@ -59,13 +58,13 @@ def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks,
     module = instantiate(config["lightning_module"])
     parent = None
     if init_from is not None:
-        mc.check_model_dir(init_from)
-        state = mc.read_checkpoint(Path(init_from) / "checkpoints" / "last.ckpt")
+        init = mc.ModelDir(init_from, verify=True)
+        state = init.checkpoint
         try:
             module.load_state_dict(state["state_dict"], strict=True)
         except RuntimeError as e:
             raise CrygenError(init_from, f"weights do not fit this architecture ({str(e).splitlines()[0]})") from e
-        parent = mc.read_model_info(init_from).get("recipe")
+        parent = init.info.get("recipe")
     # max_steps is left out: a finished run asked for more steps continues from its checkpoint
     settings = {"data_sha256": dataset["input_sha256"], "config": config, "seed": seed, "parent": parent}
     start = time.time()

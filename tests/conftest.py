@@ -64,7 +64,7 @@ def tiny_model(tmp_path_factory, small_dataset):
     import torch
     from hydra.utils import instantiate
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
 
     root = tmp_path_factory.mktemp("tiny_model")
     mc.ensure_mattergen_files()
@@ -90,7 +90,7 @@ def fast_base_model(tmp_path_factory):
 
     import yaml
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
 
     mc.check_model_dir(BASE_MODEL)
     dest = tmp_path_factory.mktemp("fast_base") / "model"

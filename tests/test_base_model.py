@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from crygen import mattergen_compat as mc
+from crygen import mattergen as mc
 from crygen.generation import generate
 from tests.helpers import BASE_MODEL
 

@@ -1,4 +1,4 @@
-"""crygen.config_adaptations on MatterGen's nine published configs: what each adaptation
+"""crygen.mattergen.adaptations on MatterGen's nine published configs: what each adaptation
 changes, that nothing else changes, and that the adapted config builds on the pinned stack."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from copy import deepcopy
 import pytest
 import yaml
 
-from crygen import mattergen_compat as mc
-from crygen.config_adaptations import ADAPTATIONS, adapt_config
+from crygen import mattergen as mc
+from crygen.mattergen.adaptations import ADAPTATIONS, adapt_config
 from tests.helpers import MATTERGEN_CONFIGS, PUBLISHED_MODELS
 
 

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from crygen import mattergen_compat as mc
+from crygen import mattergen as mc
 from crygen.training import staging_dir
 from tests.helpers import STAGES, error_line, run_stage, subprocess_env
 

@@ -31,17 +31,46 @@ def test_generate_writes_all_outputs(tmp_path, fast_base_model):
     assert (tmp_path / "mfg" / "config.yaml").is_file()
     assert (tmp_path / "mfg" / "checkpoints" / "last.ckpt").is_file()
     # atom counts follow the model's recorded distribution (its training data's)
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
 
     allowed = {int(n) for n in mc.read_model_info(fast_base_model)["num_atoms_distribution"]}
     assert {len(f) for f in frames} <= allowed
+
+
+def test_make_generate_reads_the_checkpoint_once(tmp_path, fast_base_model, monkeypatch):
+    """The pipeline's generate (base config, fine-tuned weights, model_for_generation written,
+    sampled) reads one checkpoint once: the fine-tuned one, checked, copied and sampled."""
+    import importlib.util
+
+    import torch
+
+    from tests.helpers import STAGES
+
+    spec = importlib.util.spec_from_file_location("generate_stage", STAGES / "generate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    loads = []
+    real = torch.load
+
+    def counting(f, *args, **kwargs):
+        loads.append(str(f))
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    monkeypatch.delenv("CRYGEN_LOG_DIR", raising=False)
+    stage.main.main([str(a) for a in ("--base-model", fast_base_model, "--finetuned", fast_base_model, "--model-out",
+                                      tmp_path / "mfg", "--out", tmp_path / "results", "--num-gen", 2,
+                                      "--batch-size", 2, "--device", "cpu", "--no-trajectories")],
+                    standalone_mode=False)
+    assert (tmp_path / "results" / "generation.json").is_file()
+    assert loads == [str(fast_base_model / "checkpoints" / "last.ckpt")]
 
 
 def test_model_for_generation_loads_in_mattergens_generator(tmp_path, fast_base_model):
     """MatterGen's own CrystalGenerator samples from the dir crygen writes."""
     from mattergen.generator import CrystalGenerator
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
 
     generator = CrystalGenerator(
         checkpoint_info=mc.checkpoint_info(fast_base_model),
@@ -116,7 +145,7 @@ def with_cell_corrector(model_dir, dest, snr: float, max_step_size: float):
     noise, so some cells blow up (or all of them, and the sampler raises: no neighbours)."""
     import json
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
     from tests.helpers import with_diffusion_steps
 
     with_diffusion_steps(model_dir, dest, 10)
@@ -256,7 +285,7 @@ def test_num_gen_must_be_positive(tmp_path, tiny_model, num_gen):
 
 
 def test_auto_batch_size_is_balanced_and_bounded(tiny_model):
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
 
     config = mc.load_model_config(tiny_model)
     assert generation.auto_batch_size(4, config, "cpu") == 4
@@ -271,7 +300,7 @@ def test_auto_batch_size_on_cpu_keeps_the_real_size_in_cache():
     CPU (generation.CPU_BATCH_MEMORY_MB); the embedded model still takes 128 at once."""
     import yaml
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
     from tests.helpers import BASE_MODEL, MATTERGEN_CONFIGS
 
     real = yaml.safe_load((MATTERGEN_CONFIGS / "mattergen_base" / "config.yaml").read_text())
@@ -284,8 +313,8 @@ def test_auto_batch_size_on_cpu_keeps_the_real_size_in_cache():
 def test_the_memory_budget_per_structure_covers_the_real_size(published, tmp_path):
     """Peak memory of sampling batches of 1 and 9 at MatterGen's real size (3 steps), each in
     its own process: what each added structure cost is within what auto_batch_size budgets."""
-    from crygen import mattergen_compat as mc
-    from tests.bench_pipeline import run_generation_probe
+    from crygen import mattergen as mc
+    from tests.helpers import run_generation_probe
     from tests.helpers import RANDOM_WEIGHTS_START_TIME, with_diffusion_steps
 
     real_size_model = with_diffusion_steps(published("mattergen_base"), tmp_path / "model", 3,

@@ -1,4 +1,5 @@
-"""crygen's MatterGen compatibility layer against MatterGen's own loaders."""
+"""crygen's MatterGen layer (crygen.mattergen) against MatterGen's own loaders, and the old
+module path (crygen.mattergen_compat) that model dirs written before it name."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import pytest
 import torch
 
-from crygen import mattergen_compat as mc
+from crygen import mattergen as mc
+from crygen.mattergen import speedups, validity
 from crygen.fileio import CrygenError
 
 
@@ -68,6 +70,86 @@ def test_config_without_lightning_module(tmp_path, tiny_model):
         mc.check_model_dir(bad)
 
 
+def _counting_torch_load(monkeypatch) -> list:
+    """Every torch.load from now on, counted (its paths)."""
+    calls = []
+    real = torch.load
+
+    def counting(f, *args, **kwargs):
+        calls.append(str(f))
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return calls
+
+
+def test_a_model_dir_checks_cheaply_and_reads_each_file_once(tiny_model, monkeypatch):
+    loads = _counting_torch_load(monkeypatch)
+    model = mc.ModelDir(tiny_model)
+    assert model.path == tiny_model and loads == []  # the checks read no checkpoint
+    assert model.config == mc.load_model_config(tiny_model) and model.adaptations == []
+    assert model.info == mc.read_model_info(tiny_model)
+    monkeypatch.setattr(type(model.config_path), "read_text", lambda *a, **k: pytest.fail("read again"))
+    model.config, model.info  # noqa: B018 (from memory)
+    assert model.verify() is model and len(loads) == 1
+    state = model.checkpoint["state_dict"]
+    module = model.lightning_module()
+    assert len(loads) == 1  # the module was built from the checkpoint read once
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert mc.ModelDir.of(model) is model and str(model) == str(tiny_model)
+
+
+def test_a_model_dir_that_is_none_is_one_line_when_constructed(tmp_path, tiny_model):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    (bad / "config.yaml").write_text("trainer: {}\n")
+    with pytest.raises(CrygenError, match="not a MatterGen config"):
+        mc.ModelDir(bad)
+    (bad / "config.yaml").write_text((tiny_model / "config.yaml").read_text())
+    (bad / "checkpoints" / "last.ckpt").write_text("not a checkpoint")
+    model = mc.ModelDir(bad)  # the checkpoint is read when first needed, and judged then
+    with pytest.raises(CrygenError, match="not a PyTorch checkpoint"):
+        model.verify()
+
+
+def test_configs_written_before_the_package_still_load(tiny_model, small_dataset):
+    """Model dirs written before crygen.mattergen name ``crygen.mattergen_compat.<name>`` in
+    their config.yaml: Hydra (as MatterGen's loader and crygen use it) still finds each."""
+    import importlib
+
+    import yaml
+    from hydra.utils import get_class, get_method, instantiate
+
+    from crygen.mattergen import configs, properties
+
+    compat = importlib.import_module("crygen.mattergen_compat")
+    assert compat.crystal_dataset_from_cache is configs.crystal_dataset_from_cache
+    assert get_method("crygen.mattergen_compat.crystal_dataset_from_cache") is configs.crystal_dataset_from_cache
+    for name in ("RegisteredPropertyEmbedding", "CategoricalEmbedding"):
+        assert get_class(f"crygen.mattergen_compat.{name}") is getattr(properties, name)
+    assert compat.check_model_dir is mc.check_model_dir and compat.smact_validity is validity.smact_validity
+
+    config = mc.adapter_config(mc.load_model_config(tiny_model), {
+        "band_gap": {"kind": mc.FLOAT}, "solid_electrolyte": {"kind": mc.CATEGORICAL, "categories": ["no", "yes"]}})
+    config = mc.with_data_module(config, mc.data_module_config(small_dataset, batch_size=4, properties=["band_gap"]))
+    new = yaml.safe_dump(config)
+    assert "crygen.mattergen_compat" not in new  # configs written now name the package's modules
+    assert new.count("crygen.mattergen.properties.") == 3 and new.count("crygen.mattergen.configs.") == 2
+    old = yaml.safe_load(new.replace("crygen.mattergen.properties.", "crygen.mattergen_compat.")
+                         .replace("crygen.mattergen.configs.", "crygen.mattergen_compat."))
+    torch.manual_seed(0)
+    module = instantiate(old["lightning_module"])
+    adapt = module.diffusion_module.model.property_embeddings_adapt
+    assert isinstance(adapt["band_gap"], properties.RegisteredPropertyEmbedding)
+    assert isinstance(adapt["solid_electrolyte"].conditional_embedding_module, properties.CategoricalEmbedding)
+    split = dict(old["data_module"]["train_dataset"], properties=[], dataset_transforms=[])
+    new_split = dict(split, _target_="crygen.mattergen.configs.crystal_dataset_from_cache")
+    assert len(instantiate(split)) == len(instantiate(new_split)) > 0
+
+
 def _compositions():
     """Every demo crystal's composition plus random 2-4 element ones (metals and not)."""
     import random
@@ -104,7 +186,7 @@ def test_fast_smact_validity_gives_mattergens_answers(demo_data):
     answers = set()
     for comp in comps:
         elements, counts = zip(*comp)
-        ours = outcome(mc.smact_validity, elements, counts)
+        ours = outcome(validity.smact_validity, elements, counts)
         theirs = outcome(mattergen_smact_validity, elements, counts)
         # where MatterGen's raises (no oxidation states known), crygen's says invalid
         assert ours == theirs or (theirs is TypeError and ours is False), comp
@@ -118,7 +200,7 @@ def test_fast_smact_validity_finishes_on_many_elements():
 
     elements = (1, 5, 7, 8, 9, 15, 16, 17, 26, 29, 33, 34, 35, 52, 53, 83)
     start = time.time()
-    mc.smact_validity(elements, (1,) * len(elements))
+    validity.smact_validity(elements, (1,) * len(elements))
     assert time.time() - start < 30
 
 
@@ -127,15 +209,14 @@ def test_fast_smact_validity_finishes_on_many_elements():
 
 @contextlib.contextmanager
 def _mattergens_sampling():
-    """Inside, ``generation.generate`` samples with MatterGen's own functions: crygen's speed-ups
-    are taken out and not installed again."""
-    mc.uninstall_sampling_speedups()
-    install = mc.install_sampling_speedups
-    mc.install_sampling_speedups = lambda: None
+    """Inside, ``generation.generate`` samples with MatterGen's own functions: it applies none
+    of crygen's speed-ups."""
+    applied = speedups.SAMPLING
+    speedups.SAMPLING = ()
     try:
         yield
     finally:
-        mc.install_sampling_speedups = install
+        speedups.SAMPLING = applied
 
 
 def _sampler_calls(model_dir, n, seed, owner, name):
@@ -179,7 +260,7 @@ def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(sampled, monk
     assert len(calls) == denoiser_calls
     for args, kwargs in calls:
         expected = original(*args, **kwargs)
-        got = mc.radius_graph_pbc_ocp_per_pair_images(*args, **kwargs)
+        got = speedups.radius_graph_pbc_ocp_per_pair_images(*args, **kwargs)
         for e, g in zip(expected, got):
             assert e.dtype == g.dtype and e.shape == g.shape and torch.equal(e, g)
     # sub-batches too, down to one structure (each needs fewer images than the batch's grid)
@@ -188,12 +269,12 @@ def test_per_pair_radius_graph_equals_mattergens_on_sampler_states(sampled, monk
         for k in (1, 3):
             first = int(kwargs["natoms"][:k].sum())
             sub = dict(kwargs, pos=kwargs["pos"][:first], natoms=kwargs["natoms"][:k], cell=kwargs["cell"][:k])
-            for e, g in zip(original(**sub), mc.radius_graph_pbc_ocp_per_pair_images(**sub)):
+            for e, g in zip(original(**sub), speedups.radius_graph_pbc_ocp_per_pair_images(**sub)):
                 assert torch.equal(e, g)
     # and when big batches make it work through the pairs in chunks
-    monkeypatch.setattr(mc, "_CANDIDATES_PER_CHUNK", 5000)
+    monkeypatch.setattr(speedups, "_CANDIDATES_PER_CHUNK", 5000)
     for args, kwargs in calls[::10]:
-        for e, g in zip(original(**kwargs), mc.radius_graph_pbc_ocp_per_pair_images(**kwargs)):
+        for e, g in zip(original(**kwargs), speedups.radius_graph_pbc_ocp_per_pair_images(**kwargs)):
             assert torch.equal(e, g)
 
 
@@ -213,7 +294,7 @@ def test_bilinear_in_one_product_is_as_exact_as_mattergens(sampled):
         with torch.no_grad():
             results = {
                 "mattergen": original(layer, basis, m, id_reduce, id_ragged_idx),
-                "crygen": mc.efficient_bilinear_in_one_product(layer, basis, m, id_reduce, id_ragged_idx),
+                "crygen": speedups.efficient_bilinear_in_one_product(layer, basis, m, id_reduce, id_ragged_idx),
             }
             weight = layer.weight.data
             layer.weight.data = weight.double()
@@ -248,7 +329,7 @@ def test_denoiser_scores_with_crygens_bilinear_match_mattergens(sampled):
             with torch.no_grad():
                 EfficientInteractionBilinear.forward = original
                 expected = module.diffusion_module.model(x, t)
-                EfficientInteractionBilinear.forward = mc.efficient_bilinear_in_one_product
+                EfficientInteractionBilinear.forward = speedups.efficient_bilinear_in_one_product
                 got = module.diffusion_module.model(x, t)
             for field in ("pos", "cell", "atomic_numbers"):
                 e, g = expected[field], got[field]
@@ -270,10 +351,12 @@ def test_sampling_with_the_exact_speedup_gives_the_same_crystals(fast_base_model
     with _mattergens_sampling():
         before = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
                                      log=lambda m: None)
-    speedups = mc._speedups
-    monkeypatch.setattr(mc, "_speedups", lambda: [s for s in speedups() if s[0] == "radius_graph_pbc_ocp"])
+    monkeypatch.setattr(speedups, "SAMPLING", ("sampling.radius_graph",))
     after = generation.generate(fast_base_model, 6, seed=11, batch_size=6, record_trajectories=False,
                                 log=lambda m: None)
+    from mattergen.common.utils import data_utils
+
+    assert data_utils.radius_graph_pbc_ocp is not speedups.radius_graph_pbc_ocp_per_pair_images  # only while sampling
     for a, b in zip(before.structures, after.structures):
         assert a.composition == b.composition
         assert a.lattice.matrix == pytest.approx(b.lattice.matrix, abs=1e-6)

@@ -1,13 +1,13 @@
-"""crygen.model_source: published model names through the Hugging Face cache, as MatterGen's
+"""crygen.mattergen.published: published model names through the Hugging Face cache, as MatterGen's
 own loader lays it out, and the one-line errors for a name found nowhere or an LFS pointer."""
 
 from __future__ import annotations
 
 import pytest
 
-from crygen import mattergen_compat as mc
+from crygen import mattergen as mc
 from crygen.fileio import CrygenError
-from crygen.model_source import HF_REPOSITORY, PUBLISHED_MODELS, resolve_model_dir
+from crygen.mattergen.published import HF_REPOSITORY, PUBLISHED_MODELS, resolve_model_dir
 from tests.helpers import PUBLISHED_MODELS as TEST_MODELS
 from tests.helpers import error_line, run_stage
 

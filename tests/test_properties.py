@@ -140,7 +140,7 @@ def test_generate_with_condition_loads_in_mattergens_generator(conditioned_model
                                sampling_config_overrides=["sampler_partial.N=25"])
         structures = gen.generate(output_dir={str(tmp_path / 'mattergen_out')!r})
         import sys
-        assert "crygen.mattergen_compat" in sys.modules
+        assert "crygen.mattergen.properties" in sys.modules
         print("GENERATED", len(structures))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
@@ -257,7 +257,7 @@ def test_a_structure_missing_a_value_gets_the_unconditional_embedding(gappy_mode
     import torch
     from hydra.utils import instantiate
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
     from crygen.validation import observed_embedding_type
 
     names = GAPPY.split(",")

@@ -16,7 +16,7 @@ import ase.io
 import pytest
 import torch
 
-from crygen import mattergen_compat as mc
+from crygen import mattergen as mc
 from tests.helpers import (PROPS, PUBLISHED_MODELS, RANDOM_WEIGHTS_START_TIME, SAMPLING_STEPS, demo_subset, error_line,
                            make, published_model_dir, run_stage, with_diffusion_steps)
 

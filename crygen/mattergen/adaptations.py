@@ -2,7 +2,7 @@
 
 MatterGen's published ``config.yaml`` files were written for the stack MatterGen was trained
 on (torch 2.2). Whatever in them the pinned stack no longer accepts is changed here, when
-``crygen.mattergen_compat.load_model_config`` reads a config: each change is an
+``crygen.mattergen.model_dir`` reads a config: each change is an
 :class:`Adaptation` with a name, the reason, the versions it was written for, and a test
 of whether a config needs it. The configs crygen writes (a fine-tuned model dir, a
 model_for_generation dir) are the adapted ones, so MatterGen's own ``CrystalGenerator``
