@@ -1,10 +1,19 @@
 """crygen: fine-tune MatterGen on your crystals, generate new ones and evaluate them.
 
-The stages in ``stages/`` are thin click scripts; the code they share lives here:
-``mattergen_compat`` (everything MatterGen's PyPI wheel lacks), ``config_adaptations``
-(MatterGen configs fitted to the pinned stack when read), ``model_source`` (published model
-names, the Hugging Face cache), ``structures`` (structure I/O and checks), ``fileio`` (atomic
-outputs).
+The stages in ``stages/`` are thin click scripts over the library functions here, each
+returning a typed result the stage reports:
+
+* ``dataset`` (``prepare_data``: :class:`~crygen.dataset.PreparedDataset`, checked once and
+  passed down; ``prepare_dataset``), ``structures`` (structure I/O and checks), ``properties``;
+* ``training``, ``generation`` and ``validation`` (``validate``: paired losses of two models,
+  ``compare_models``);
+* ``evaluation`` (``evaluate_generated``: MatterGen's metrics, sooner; ``evaluation.folder``
+  for a results folder), ``reference`` (:class:`~crygen.reference.Reference`, resolved, hashed
+  and loaded once) and ``reference_build``, ``relaxation`` (potentials, batched relaxation);
+* ``provenance`` (``summarize``: versions, git commit, settings, seeds and timings of a run);
+* ``mattergen`` (everything MatterGen's PyPI wheel lacks: configs, model folders, properties,
+  sampling speed-ups; ``mattergen_compat`` keeps the old import path), ``patches`` (every
+  run-time patch of another library), ``settings``, ``cli`` and ``fileio`` (atomic outputs).
 """
 
 __version__ = "0.1.0"

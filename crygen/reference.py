@@ -10,6 +10,9 @@ against DFT.
 A user's own reference (``REFERENCE=<file.gz>``, e.g. MatterGen's Alex-MP-20 release) is read
 unchanged. The training set is added for novelty only: its entries carry no energy (NaN), which
 MatterGen's hull construction skips.
+
+``REFERENCE`` is resolved once into a :class:`Reference` that is passed down: its file, content
+hash, recipe and MatterGen dataset are each read once, and it answers whether it is ordered.
 """
 
 from __future__ import annotations
@@ -43,22 +46,83 @@ def reference_file(spec: str | Path) -> Path:
     return path
 
 
-def load_reference(spec: str | Path, sha256: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The ``ReferenceDataset`` named by ``REFERENCE`` and what the output records about it
-    (``sha256``: the file's hash when the caller has it already; Alex-MP-20 is 873 MB)."""
+class Reference:
+    """The reference set ``REFERENCE`` names, resolved once (:meth:`from_spec`) and passed down:
+    its file, content hash, recipe and MatterGen dataset are each worked out once, on first use,
+    and whether it is ordered is answered by it (:attr:`is_ordered`), in the spirit of pymatgen's
+    ``InputSet``. :meth:`with_training_set` adds training structures for novelty, sharing what
+    was read already."""
+
+    def __init__(self, path: Path, training: Sequence[Any] = (), _read: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.training = list(training)
+        self._read = {} if _read is None else _read  # shared with with_training_set's copies
+
+    @classmethod
+    def from_spec(cls, spec: str | Path) -> "Reference":
+        """``default`` or a path to a MatterGen LMDB-gz reference (a :class:`CrygenError` when absent)."""
+        return cls(reference_file(spec))
+
+    def _once(self, key: str, compute: Any) -> Any:
+        if key not in self._read:
+            self._read[key] = compute()
+        return self._read[key]
+
+    @property
+    def sha256(self) -> str:
+        """The file's content hash (Alex-MP-20 is 873 MB: hashed once)."""
+        return self._once("sha256", lambda: sha256_file(self.path))
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """:func:`reference_recipe` of the file."""
+        return self._once("recipe", lambda: reference_recipe(self.path))
+
+    @property
+    def dataset(self) -> Any:
+        """MatterGen's ``ReferenceDataset`` of the file, without the training set (loaded once)."""
+        return self._once("dataset", lambda: _deserialize(self.path))
+
+    @functools.cached_property
+    def matching_dataset(self) -> Any:
+        """The dataset structures are matched against: the reference plus the training set."""
+        return with_training_set(self.dataset, self.training)
+
+    @functools.cached_property
+    def is_ordered(self) -> bool:
+        """MatterGen's ``is_ordered`` of :attr:`matching_dataset`, answered sooner (:func:`all_ordered`)."""
+        return all_ordered(self.matching_dataset)
+
+    def with_training_set(self, training: Sequence[Any]) -> "Reference":
+        """This reference with ``training`` added for novelty (nothing read again)."""
+        return Reference(self.path, training, self._read)
+
+    def info(self) -> dict[str, Any]:
+        """What the output records about the reference (name, path, hash, entries, potential, correction)."""
+        info = {"name": self.dataset.name, "path": str(self.path), "sha256": self.sha256, "entries": len(self.dataset)}
+        if self.recipe:
+            info["potential"] = self.recipe.get("potential")
+            info["correction"] = self.recipe.get("correction")
+        return info
+
+    def check_potential(self, potential: dict[str, Any], allow_mismatch: bool = False) -> dict[str, Any]:
+        """:func:`check_potential` of this reference."""
+        return check_potential(self.path, potential, allow_mismatch, recipe=self.recipe)
+
+
+def _deserialize(path: Path) -> Any:
     from mattergen.evaluation.reference.reference_dataset_serializer import LMDBGZSerializer
 
-    path = reference_file(spec)
     try:
-        dataset = LMDBGZSerializer().deserialize(str(path))
+        return LMDBGZSerializer().deserialize(str(path))
     except Exception as e:
         raise CrygenError(path, f"not a MatterGen LMDB-gz reference ({one_line(e)})") from None
-    info = {"name": dataset.name, "path": str(path), "sha256": sha256 or sha256_file(path), "entries": len(dataset)}
-    recipe = reference_recipe(path)
-    if recipe:
-        info["potential"] = recipe.get("potential")
-        info["correction"] = recipe.get("correction")
-    return dataset, info
+
+
+def load_reference(spec: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The ``ReferenceDataset`` named by ``REFERENCE`` and what the output records about it."""
+    reference = Reference.from_spec(spec)
+    return reference.dataset, reference.info()
 
 
 def reference_recipe(path: Path) -> dict[str, Any]:
@@ -201,7 +265,8 @@ def hull_support(reference: Any, chemical_system: str, energies_by_chemsys: dict
     return out
 
 
-def check_potential(reference: Path, potential: dict[str, Any], allow_mismatch: bool = False) -> dict[str, Any]:
+def check_potential(reference: Path, potential: dict[str, Any], allow_mismatch: bool = False,
+                    recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Whether energies from ``potential`` (``potential_identity``) belong on the hull of the
     ``reference`` file: what ``metrics_summary.json`` records as ``potential_check``.
 
@@ -212,10 +277,10 @@ def check_potential(reference: Path, potential: dict[str, Any], allow_mismatch: 
     ``allow_mismatch``; then it is recorded. A reference without a recorded potential (no recipe
     beside it, as MatterGen's DFT releases) is taken as DFT: relaxed ML energies on a DFT hull
     is what MatterGen's own evaluation does, so it passes, and the record says the reference's
-    energies are of unknown origin."""
+    energies are of unknown origin. ``recipe``: the reference's, when the caller has read it."""
     from crygen.relaxation import energy_correction
 
-    recipe = reference_recipe(reference)
+    recipe = reference_recipe(reference) if recipe is None else recipe
     recorded = recipe.get("potential")
     record: dict[str, Any] = {"reference_potential": recorded, "evaluation_potential": potential}
     if not recorded:

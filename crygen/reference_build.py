@@ -1,4 +1,5 @@
-"""Building crygen's default reference: sources, a resumable relaxation, the hull's quality.
+"""Building crygen's default reference: its sources (read by :mod:`crygen.reference_sources`), a
+resumable relaxation (here) and the hull's quality (:mod:`crygen.hull_quality`).
 
 The default reference (``data/reference/reference_chgnet.gz``) holds real compounds relaxed
 with the default potential exactly as generated crystals are relaxed and corrected, so an
@@ -33,172 +34,31 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from crygen.fileio import CrygenError, atomic_path, dumps_json, one_line, read_json, sha256_file, write_json
-from crygen.packaged import PackagedFile, fetch
+from crygen.packaged import fetch
+from crygen.hull_quality import corrected_entry, hull_quality, mp_pairs
+from crygen.reference_sources import (
+    MAX_COMPOUND_ATOMS,
+    MAX_ELEMENT_ATOMS,
+    PACKAGED,
+    POLYMORPHS_PER_ELEMENT,
+    Candidate,
+    demo_candidates,
+    element_candidates,
+    fetch_json,
+    matbench_candidates,
+    mptrj_candidates,
+    without_duplicates,
+)
 
-POLYMORPHS_PER_ELEMENT = 2
-MAX_ELEMENT_ATOMS = 16
-# Relaxation cost grows with atoms (~0.09 s per atom on two CPU cores): 20 atoms keep 3,423 of
-# matbench's 4,764 structures (median 12 atoms) and the build near an hour on a laptop.
-MAX_COMPOUND_ATOMS = 20
 # The sources are DFT-relaxed already; a structure the potential has not settled in this many
 # FIRE steps is left out (listed in the recipe) rather than entered with a too-high energy.
 REFERENCE_MAX_STEPS = 150
 PART_SIZE = 64
-STABLE_WITHIN = 0.1  # eV/atom, MatterGen's stability threshold
-
-
-PACKAGED = {f.key: f for f in (
-    PackagedFile("mp_element_refs", "matcalc==0.7.0", "sdist",
-                 "matcalc-0.7.0/src/matcalc/elemental_refs/MP-PBE-Element-Refs.json.gz",
-                 "66b350622126ca725c0ab1197b2ec3e27f752ef25dfeff21eb1db7be9ad72f0c",
-                 "BSD-3-Clause (matcalc); data: Materials Project, CC-BY 4.0",
-                 "elemental polymorphs with MP PBE(+U) energies"),
-    PackagedFile("matpes_element_refs", "matcalc==0.7.0", "sdist",
-                 "matcalc-0.7.0/src/matcalc/elemental_refs/MatPES-PBE-Element-Refs.json.gz",
-                 "24b804bcba5d4e7bffa23ba141bfe1364154fd8fea5547655036610a7be495af",
-                 "BSD-3-Clause (matcalc); data: MatPES, CC-BY 4.0",
-                 "one structure per element (used for elements missing from MP-PBE)"),
-    PackagedFile("matbench_dielectric", "crystal-toolkit==2026.7.20", "wheel",
-                 "crystal_toolkit/apps/examples/matbench_dielectric.json.gz",
-                 "a9ce0587b3f719f65c74d05c623edaf983a451770f2917443b9e82924cbceb25",
-                 "crystal-toolkit: LBNL BSD; data: Materials Project via matbench, CC-BY 4.0",
-                 "4,764 MP structures of insulators, without energies or ids"),
-    PackagedFile("mptrj_random", "mattersim==1.2.3", "sdist",
-                 "mattersim-1.2.3/data/benchmarks/mptrj-random-1k.xyz",
-                 "8e48469016e5baf69d765580416238c81ea84887db61dc424c43936ebf50f7e5",
-                 "mattersim: MIT; data: MPtrj (Materials Project trajectories), CC-BY 4.0",
-                 "1,000 frames of MP relaxation trajectories (998 materials), random"),
-    PackagedFile("mptrj_highest_stress", "mattersim==1.2.3", "sdist",
-                 "mattersim-1.2.3/data/benchmarks/mptrj-highest-stress-1k.xyz",
-                 "20ce1cd8da3ccdc45c1904a8b3bf9583f03c595b914682661de221a633170249",
-                 "mattersim: MIT; data: MPtrj (Materials Project trajectories), CC-BY 4.0",
-                 "1,000 frames of MP relaxation trajectories (939 materials), the most stressed"),
-    PackagedFile("mp_calc_compounds", "pymatgen==2024.10.29", "wheel",
-                 "pymatgen/entries/calc_compounds.json.gz",
-                 "7ba509a1b58d936c44bdd6fe746e4aeaa1b0230dd65bc07098efbc17073fdc3b",
-                 "pymatgen: MIT; data: Materials Project, CC-BY 4.0",
-                 "423 MP ComputedEntries with raw PBE(+U) energies, without structures"),
-)}
-
-
-def fetch_json(key: str, cache: Path) -> Any:
-    return json.loads(gzip.decompress(fetch(PACKAGED[key], cache)))
-
-
-# --------------------------------------------------------------------------- candidates
-
-
-@dataclass
-class Candidate:
-    """A structure to relax into the reference, with what DFT says of it where known."""
-
-    id: str
-    source: str
-    structure: Any  # pymatgen Structure as the source gives it
-    dft_energy: float | None = None  # total eV, raw PBE(+U) (before any correction)
-    dft_origin: str | None = None
-
-
-def element_candidates(mp_refs: dict[str, Any], matpes_refs: dict[str, Any],
-                       elements: set[str] | None = None) -> list[Candidate]:
-    """The lowest-energy small polymorphs of every element (or of ``elements``)."""
-    from pymatgen.core import Structure
-
-    out = []
-    for element in sorted(e for e in {*mp_refs, *matpes_refs} if elements is None or e in elements):
-        if element not in mp_refs:  # MatPES energies are not on MP's scale: structure only
-            out.append(Candidate(f"matpes-pbe-element:{element}", "element_references",
-                                 Structure.from_dict(matpes_refs[element]["structure"])))
-            continue
-        energies = mp_refs[element]["energy_per_atom"]
-        structures = mp_refs[element]["structure"]
-        order = [i for i in np.argsort(energies) if len(structures[i]["sites"]) <= MAX_ELEMENT_ATOMS]
-        for rank, i in enumerate(order[:POLYMORPHS_PER_ELEMENT]):
-            structure = Structure.from_dict(structures[i])
-            out.append(Candidate(f"mp-pbe-element:{element}:{rank}", "element_references", structure,
-                                 float(energies[i]) * len(structure), "Materials Project PBE (matcalc MP-PBE refs)"))
-    return out
-
-
-def demo_candidates(demo_data: Path) -> list[Candidate]:
-    """The demo crystals with their Alexandria PBE total energies."""
-    import ase.io
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    out = []
-    for atoms in ase.io.read(demo_data, ":"):
-        try:
-            energy = float(atoms.get_potential_energy())
-        except Exception:
-            energy = None
-        out.append(Candidate(str(atoms.info["alexandria_id"]), "demo", AseAtomsAdaptor.get_structure(atoms),
-                             energy, "Alexandria PBE (demo data)" if energy is not None else None))
-    return out
-
-
-def matbench_candidates(data: dict[str, Any], max_atoms: int = MAX_COMPOUND_ATOMS) -> tuple[list[Candidate], int]:
-    """matbench_dielectric's structures of at most ``max_atoms`` atoms, in the file's order,
-    and how many larger ones were left out."""
-    from pymatgen.core import Structure
-
-    out, larger = [], 0
-    for key, d in data["structure"].items():
-        structure = Structure.from_dict(d)
-        if len(structure) > max_atoms:
-            larger += 1
-            continue
-        out.append(Candidate(f"matbench_dielectric:{key}", "matbench_dielectric", structure))
-    return out, larger
-
-
-def mptrj_candidates(texts: Sequence[bytes], max_atoms: int = MAX_COMPOUND_ATOMS) -> tuple[list[Candidate], int]:
-    """One structure per Materials Project material in MPtrj frame files (the first frame of
-    each trajectory id), of at most ``max_atoms`` atoms, and how many larger ones were left out.
-
-    A frame is a step of MP's own relaxation, not its minimum: relaxing it with the potential
-    gives the potential's minimum of that material (its DFT energy is of the frame, so unused)."""
-    import io
-
-    import ase.io
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    out, seen, larger = [], set(), 0
-    for text in texts:
-        for atoms in ase.io.read(io.StringIO(text.decode()), ":", format="extxyz"):
-            material = str(atoms.info["mptrj_traj_id"])
-            if material in seen:
-                continue
-            seen.add(material)
-            if len(atoms) > max_atoms:
-                larger += 1
-                continue
-            out.append(Candidate(f"mptrj:{material}", "mptrj", AseAtomsAdaptor.get_structure(atoms)))
-    return out, larger
-
-
-def without_duplicates(candidates: Sequence[Candidate]) -> tuple[list[Candidate], list[dict[str, str]]]:
-    """The first of each set of structures pymatgen's ``StructureMatcher`` (its defaults) calls the
-    same, and a record of each dropped one and the one it duplicates."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    matcher = StructureMatcher()
-    kept: list[Candidate] = []
-    by_formula: dict[str, list[Candidate]] = {}
-    dropped = []
-    for c in candidates:
-        same = by_formula.setdefault(c.structure.composition.reduced_formula, [])
-        twin = next((k for k in same if matcher.fit(k.structure, c.structure)), None)
-        if twin is not None:
-            dropped.append({"material_id": c.id, "duplicate_of": twin.id})
-            continue
-        same.append(c)
-        kept.append(c)
-    return kept, dropped
 
 
 # --------------------------------------------------------------------------- relaxation in parts
@@ -265,116 +125,6 @@ def result_record(material_id: str, r: Any) -> dict[str, Any]:
     return {"material_id": material_id, "energy": float(r.energy) if ok else None, "converged": bool(r.converged),
             "steps": int(r.steps), "error": r.error if ok or r.error else "not converged",
             "structure": r.structure.as_dict() if ok else None}
-
-
-# --------------------------------------------------------------------------- corrections and hulls
-
-
-def corrected_entry(structure: Any, energy: float, scheme: Any, material_id: str, **data: Any) -> Any:
-    """A ``ComputedStructureEntry`` made by the MatterGen code that treats generated crystals
-    (``MetricsStructureSummary.from_structure_and_energy``), with ``scheme``'s correction."""
-    from mattergen.evaluation.utils.metrics_structure_summary import MetricsStructureSummary
-
-    entry = MetricsStructureSummary.from_structure_and_energy(
-        structure, energy, original_structure=structure, energy_correction_scheme=scheme).entry
-    entry.data.update(material_id=material_id, **data)
-    return entry
-
-
-def paired_mp_entries(calc_compounds: dict[str, Any], potential_entries: Iterable[Any]) -> list[tuple[Any, Any]]:
-    """pymatgen's MP entries (raw DFT, with their own run parameters) that share a reduced formula
-    with a matbench entry of the reference, each paired with the lowest-energy such entry.
-
-    The pair is of one composition, not of one relaxed structure: MP's entry and matbench's
-    structure come from the same database, but may be different polymorphs."""
-    from monty.json import MontyDecoder
-
-    lowest: dict[str, Any] = {}
-    for e in potential_entries:
-        if e.data.get("source") == "matbench_dielectric":
-            formula = e.composition.reduced_formula
-            if formula not in lowest or e.energy_per_atom < lowest[formula].energy_per_atom:
-                lowest[formula] = e
-    pairs = []
-    for d in calc_compounds.values():
-        mp = MontyDecoder().process_decoded(d)
-        twin = lowest.get(mp.composition.reduced_formula)
-        if twin is not None and len(mp.composition) > 1:
-            pairs.append((mp, twin))
-    return pairs
-
-
-def hull_quality(pairs: Sequence[tuple[Any, Any]], threshold: float = STABLE_WITHIN) -> dict[str, Any]:
-    """The potential's hull against DFT's over the same compositions.
-
-    ``pairs``: (DFT entry, potential entry) of one composition, both corrected as their hull
-    needs. Each compound's chemical system gets two hulls over the same entries (those of the
-    system and its subsystems), one from each side; its energy above each is compared: mean
-    absolute error (also over the compounds not on both hulls, whose error is not zero by
-    construction), and agreement on "stable within ``threshold``" with DFT as the truth
-    (precision, recall, F1); overall and for each source's compounds. The formation energy's
-    error (against each side's lowest elemental entries) says more where a compound stands
-    alone in its system's entries, and so on both hulls."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-
-    pairs = [(d, p) for d, p in pairs if np.isfinite(d.energy) and np.isfinite(p.energy)]
-    dft = [PDEntry(d.composition, d.energy, name=str(i)) for i, (d, _) in enumerate(pairs)]
-    ml = [PDEntry(p.composition, p.energy, name=str(i)) for i, (_, p) in enumerate(pairs)]
-    compounds = [i for i, (d, _) in enumerate(pairs) if len(d.composition) > 1]
-    # one hull per chemical system, over the entries of it and its subsystems (as MatterGen
-    # does): one diagram over every element at once is beyond qhull
-    hulls: dict[frozenset, tuple[Any, Any]] = {}
-    e_dft, e_ml, form_dft, form_ml = [], [], [], []
-    for i in compounds:
-        system = frozenset(dft[i].composition.elements)
-        if system not in hulls:
-            inside = [j for j, e in enumerate(dft) if set(e.composition.elements) <= system]
-            hulls[system] = (PhaseDiagram([dft[j] for j in inside]), PhaseDiagram([ml[j] for j in inside]))
-        e_dft.append(hulls[system][0].get_e_above_hull(dft[i], allow_negative=True))
-        e_ml.append(hulls[system][1].get_e_above_hull(ml[i], allow_negative=True))
-        form_dft.append(hulls[system][0].get_form_energy_per_atom(dft[i]))
-        form_ml.append(hulls[system][1].get_form_energy_per_atom(ml[i]))
-    e_dft, e_ml = np.array(e_dft), np.array(e_ml)
-    form_error = np.abs(np.array(form_ml) - np.array(form_dft))
-    source = np.array([pairs[i][1].data.get("source", "?") for i in compounds])
-    return {
-        "compounds": len(compounds),
-        "entries_in_each_hull": len(pairs),
-        "stable_within_eV_per_atom": threshold,
-        **_agreement(e_dft, e_ml, threshold),
-        "formation_energy_mae_eV_per_atom": round(float(form_error.mean()), 4) if len(form_error) else None,
-        "by_source": {name: {"compounds": int(np.sum(source == name)),
-                             **_agreement(e_dft[source == name], e_ml[source == name], threshold),
-                             "formation_energy_mae_eV_per_atom": round(float(form_error[source == name].mean()), 4)}
-                      for name in sorted(set(source))},
-        "method": ("per chemical system, two convex hulls over the same entries: DFT energies (raw PBE(+U) with MP2020 "
-                   "corrections) and the potential's relaxed energies (corrected as the evaluation corrects them); each "
-                   "compound's energy above its own side's hull compared, DFT taken as the truth"),
-    }
-
-
-def _agreement(e_dft: np.ndarray, e_ml: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Errors of the potential's energies above hull against DFT's, and agreement on "stable
-    within ``threshold``" (precision, recall, F1; None where undefined)."""
-    error = np.abs(e_ml - e_dft)
-    off_hull = (e_dft > 1e-6) | (e_ml > 1e-6)  # a compound on both hulls has no error by construction
-    truth, said = e_dft <= threshold, e_ml <= threshold
-    tp = int(np.sum(truth & said))
-    precision = tp / int(said.sum()) if said.any() else None
-    recall = tp / int(truth.sum()) if truth.any() else None
-    f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
-
-    def r(x):
-        return None if x is None else round(float(x), 4)
-
-    return {
-        "energy_above_hull_mae_eV_per_atom": r(error.mean()) if len(error) else None,
-        "energy_above_hull_median_abs_error_eV_per_atom": r(np.median(error)) if len(error) else None,
-        "off_hull_compounds": int(off_hull.sum()),
-        "energy_above_hull_mae_off_hull_eV_per_atom": r(error[off_hull].mean()) if off_hull.any() else None,
-        "dft_stable": int(truth.sum()), "potential_stable": int(said.sum()), "both_stable": tp,
-        "precision": r(precision), "recall": r(recall), "f1": r(f1),
-    }
 
 
 # --------------------------------------------------------------------------- the build
@@ -527,7 +277,7 @@ def assemble(build_plan: BuildPlan, results: dict[str, dict[str, Any]], out: Pat
             pairs.append((corrected_entry(c.structure, c.dft_energy, correction_scheme("MP2020"), c.id), entry))
     quality = None
     if calc_compounds is not None:
-        pairs += _mp_pairs(calc_compounds, entries)
+        pairs += mp_pairs(calc_compounds, entries)
         elements = {p.composition.elements[0] for _, p in pairs if len(p.composition) == 1}
         quality = hull_quality([(d, p) for d, p in pairs if set(d.composition.elements) <= elements])
     name = f"crygen-{potential['name']}-default"
@@ -561,20 +311,3 @@ def assemble(build_plan: BuildPlan, results: dict[str, dict[str, Any]], out: Pat
     }
 
 
-def _mp_pairs(calc_compounds: dict[str, Any], entries: Sequence[Any]) -> list[tuple[Any, Any]]:
-    """pymatgen's MP entries paired with the reference's matbench entries, MP2020-corrected with
-    their own run parameters (an entry MP2020 rejects is left out)."""
-    import warnings
-
-    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
-
-    compatibility = MaterialsProject2020Compatibility(check_potcar=False)
-    pairs = []
-    for mp, twin in paired_mp_entries(calc_compounds, entries):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            corrected = compatibility.process_entry(mp)
-        if corrected is not None:
-            corrected.data["material_id"] = mp.entry_id
-            pairs.append((corrected, twin))
-    return pairs

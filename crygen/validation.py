@@ -10,12 +10,20 @@ then a t-interval (n - 1 degrees of freedom) is taken over the structures' paire
 Noise draws of one structure are not independent units (every draw sees the same
 structures), so the spread over draws only says how much the delta would move with other
 noise draws; it is reported apart (``noise_draw_se``).
+
+:func:`compare_models` is ``validate``'s work: both models' paired losses on the validation
+split, compared.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
+
+from crygen.dataset import PreparedDataset
+from crygen.fileio import CrygenError
 
 T_INTERVAL = "t-interval over structures of the paired per-structure differences (noise draws averaged first)"
 NO_INTERVAL_ONE_STRUCTURE = "one validation structure: no spread over structures, so no interval"
@@ -130,3 +138,109 @@ def compare(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
         interval["note"] = "; ".join(notes)
     out["interval"] = interval
     return out
+
+
+# --------------------------------------------------------------------------- comparing two models
+
+
+def paired_losses(module, datamodule, draws: int, seed: int) -> dict:
+    """Each loss per (draw, structure): ``{key: array (draws, n_val)}``, structures in the
+    validation set's order."""
+    import numpy as np
+    import torch
+
+    device = next(module.parameters()).device
+    rows: list[dict] = []
+    with torch.no_grad():
+        for draw in range(draws):
+            parts: dict[str, list] = {}
+            for b, batch in enumerate(datamodule.val_dataloader()):
+                torch.manual_seed(seed * 1_000_003 + draw * 10_007 + b)
+                for k, v in structure_losses(module.diffusion_module, batch.to(device)).items():
+                    parts.setdefault(k, []).append(v.cpu().double().numpy())
+            rows.append({k: np.concatenate(v) for k, v in parts.items()})
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def missing_values(data: Path, properties: list[str]) -> dict[str, int]:
+    """How many validation structures lack each property (they are scored unconditionally)."""
+    from crygen import properties as props
+
+    return {p: sum(props.is_missing(v) for v in props.read_split_values(data, "val", p)) for p in properties}
+
+
+@dataclass
+class _Models:
+    """The two models compared, checked, and what they are conditioned on."""
+
+    base: Path
+    finetuned: Path
+    properties: list[str]  # the fine-tuned model's training properties (fed the data's values)
+    model_properties: dict[str, Any]  # its property definitions (empty: unconditioned)
+    base_conditioned: bool
+
+
+def _models(base_model: Path, finetuned_model: Path, data: PreparedDataset) -> _Models:
+    from crygen import mattergen as mc
+
+    base_model, finetuned_model = mc.check_model_dir(base_model), mc.check_model_dir(finetuned_model)
+    # the data's values feed the properties it was fine-tuned on; chemical_system is computed
+    # from each structure (MatterGen's transform), so a model conditioned on it always gets it;
+    # any other property a conditioned base brought along is embedded unconditionally
+    info = mc.read_model_info(finetuned_model)
+    properties = sorted(info.get("settings", {}).get("properties", []))
+    model_properties = mc.model_property_definitions(finetuned_model)
+    base_conditioned = bool(mc.model_property_definitions(base_model))
+    absent = [p for p in properties if not (data.split("val") / f"{p}.json").is_file()]
+    if absent:
+        raise CrygenError(data.path, f"no values for {absent[0]!r}, which the fine-tuned model was trained on "
+                                     "(prepare the data with the same PROPERTIES)")
+    return _Models(base_model, finetuned_model, properties, model_properties, base_conditioned)
+
+
+def compare_models(base_model: Path, finetuned_model: Path, data: PreparedDataset, draws: int, batch_size: int,
+                   seed: int, device: str) -> dict[str, Any]:
+    """validate's metrics.json: the base and the fine-tuned model's losses on ``data``'s
+    validation split, paired (same structures, timesteps and noise), compared by :func:`compare`;
+    a property-conditioned fine-tuned model also scored unconditionally (``device``: resolved)."""
+    from hydra.utils import instantiate
+    from mattergen.property_embeddings import SetUnconditionalEmbeddingType
+
+    from crygen import mattergen as mc
+    from crygen.cli import say
+
+    models = _models(base_model, finetuned_model, data)
+    mc.register_properties(models.model_properties)
+    datamodule = instantiate(mc.data_module_config(data.path, batch_size=batch_size, properties=models.properties))
+    runs = [("baseline", models.base, False), ("finetuned", models.finetuned, False)]
+    if models.model_properties:
+        # a conditioned base is scored with its conditions as well
+        runs = [("baseline", models.base, models.base_conditioned), ("finetuned", models.finetuned, True),
+                ("unconditional", models.finetuned, False)]
+    results = {}
+    for name, model_dir, conditional in runs:
+        module = mc.load_lightning_module(model_dir, device)
+        if models.model_properties:
+            # fixed embedding choices instead of MatterGen's random dropout, which would also
+            # draw from the generator and unpair the noise; a missing value takes the
+            # unconditional branch, as MatterGen's training gives it (never a label or a NaN)
+            iid = bool(getattr(module.diffusion_module.pre_corruption_fn, "dropout_fields_iid", False))
+            module.diffusion_module.pre_corruption_fn = (observed_embedding_type(iid) if conditional
+                                                         else SetUnconditionalEmbeddingType())
+        results[name] = paired_losses(module, datamodule, draws, seed)
+        say(f"validate: {name} loss {results[name]['loss'].mean():.4f}")
+    metrics = compare(results["baseline"], results["finetuned"])
+    if models.model_properties:
+        metrics["properties"] = sorted(models.model_properties)
+        metrics["baseline_embedding"] = "conditional" if models.base_conditioned else "unconditional"
+        metrics["val_missing_values"] = missing_values(data.path, models.properties)
+        metrics["unconditional"] = compare(results["baseline"], results["unconditional"])["finetuned"]
+        # conditional minus unconditional loss of the fine-tuned model, paired
+        metrics["conditioning"] = compare(results["unconditional"], results["finetuned"])
+    metrics.update({
+        "n_val": len(datamodule.val_dataset),
+        "draws": draws,
+        "seed": seed,
+        "pairing": "same structures, timesteps and noise for both models",
+    })
+    return metrics

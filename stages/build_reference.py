@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, stage
+from crygen.cli import pick_device, say, setting_option, stage
 from crygen.fileio import CrygenError
 from crygen.settings import Bad, share
 
@@ -35,9 +35,9 @@ def parse_part(value: str) -> tuple[int, int]:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Reference file to write (.gz).")
 @click.option("--work", required=True, type=click.Path(path_type=Path),
               help="Folder for finished parts and downloaded sources (keep it to resume).")
-@click.option("--part", default="1/1", show_default=True, help="k/n: relax only the k-th of n shares.")
-@click.option("--potential", default="chgnet", show_default=True, help="chgnet, mattersim or a MatterSim .pth.")
-@click.option("--device", default="auto", show_default=True)
+@setting_option("PART", "--part", typed=False, show_default=True, help="k/n: relax only the k-th of n shares.")
+@setting_option("POTENTIAL", "--potential", show_default=True)
+@setting_option("DEVICE", "--device", show_default=True)
 @click.option("--all-elements/--needed-elements", default=True, show_default=True,
               help="Elemental references for every element, or only for those in --demo-data.")
 @click.option("--compounds/--no-compounds", default=True, show_default=True,

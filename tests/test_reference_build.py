@@ -21,7 +21,7 @@ def test_default_reference_holds_real_compounds_corrected_as_generated_crystals(
     import ase.io
 
     from crygen.reference import DEFAULT_REFERENCE, load_reference, terminal_elements_with_energy
-    from crygen.reference_build import MAX_COMPOUND_ATOMS, PACKAGED
+    from crygen.reference_sources import MAX_COMPOUND_ATOMS, PACKAGED
     from crygen.relaxation import energy_correction, potential_identity
 
     reference, info = load_reference("default")
@@ -63,7 +63,9 @@ def test_recorded_hull_quality_is_what_the_reference_gives(tmp_path):
     from pymatgen.core import Structure
 
     from crygen.reference import load_reference
-    from crygen.reference_build import _mp_pairs, corrected_entry, fetch_json, hull_quality, plan
+    from crygen.hull_quality import corrected_entry, hull_quality, mp_pairs
+    from crygen.reference_build import plan
+    from crygen.reference_sources import fetch_json
     from crygen.relaxation import correction_scheme
     from tests.helpers import DEMO_DATA
 
@@ -75,7 +77,7 @@ def test_recorded_hull_quality_is_what_the_reference_gives(tmp_path):
                               correction_scheme("MP2020"), e.data["material_id"]), e)
              for e in entries if e.data.get("dft_energy") is not None]
     assert all(isinstance(by_id[e.data["material_id"]].structure, Structure) for _, e in pairs)
-    pairs += _mp_pairs(fetch_json("mp_calc_compounds", tmp_path / "sources"), entries)
+    pairs += mp_pairs(fetch_json("mp_calc_compounds", tmp_path / "sources"), entries)
     terminals = {p.composition.elements[0] for _, p in pairs if len(p.composition) == 1}
     again = hull_quality([(d, p) for d, p in pairs if set(d.composition.elements) <= terminals])
     assert again == _recipe()["hull_quality"]
@@ -86,10 +88,11 @@ def test_chgnet_energies_carry_mp2020_corrections_already(tmp_path):
     correction is large (oxides, fluorides, transition-metal +U), CHGNet's relaxed energy sits
     by raw DFT + MP2020, far from raw DFT."""
     from crygen.reference import load_reference
-    from crygen.reference_build import _mp_pairs, fetch_json
+    from crygen.hull_quality import mp_pairs
+    from crygen.reference_sources import fetch_json
 
     reference, _ = load_reference("default")
-    pairs = _mp_pairs(fetch_json("mp_calc_compounds", tmp_path), list(reference))
+    pairs = mp_pairs(fetch_json("mp_calc_compounds", tmp_path), list(reference))
     big = [(d, p) for d, p in pairs if abs(d.correction_per_atom) > 0.2]
     assert len(big) >= 30
     to_corrected = np.mean([abs(p.energy_per_atom - d.energy_per_atom) for d, p in big])
@@ -103,7 +106,7 @@ def test_hull_quality_known_answers():
     from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.entries.computed_entries import ComputedEntry
 
-    from crygen.reference_build import hull_quality
+    from crygen.hull_quality import hull_quality
 
     dft = {"Li": 0.0, "O2": 0.0, "Li2O": -2.0 * 3, "Li2O2": -1.6 * 4}
     hull = PhaseDiagram([ComputedEntry(f, e) for f, e in dft.items()])

@@ -79,7 +79,7 @@ def test_missing_base_model(tmp_path, tiny_model, small_dataset):
 def test_per_structure_losses_average_to_mattergens_batch_loss(tiny_model, small_dataset):
     from hydra.utils import instantiate
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
     from crygen.validation import structure_losses
 
     module = mc.load_lightning_module(tiny_model)
