@@ -54,8 +54,10 @@ in_image = $(if $(filter /%,$(1)),$(abspath $(1)),$(abspath $(IMAGE_ROOT)/$(1)))
 mount = -v $(abspath $(1)):$(call in_image,$(1))
 # The run folder and EVAL_OUT are made here first, so they belong to the caller; the inputs
 # given on the command line are mounted when they exist (a missing one is the stage's error).
+# Which variables name an input is crygen/settings.py's (path_settings), asked once, when needed.
 DOCKER_OUTPUTS = $(OUT) $(if $(EVAL_OUT),$(EVAL_OUT))
-DOCKER_INPUTS  = $(foreach v,DATA BASE_MODEL MODEL RESULTS REFERENCE_DATA REFERENCE,\
+DOCKER_PATH_VARS = $(eval DOCKER_PATH_VARS := $(shell $(SETTINGS_PY) paths))$(DOCKER_PATH_VARS)
+DOCKER_INPUTS  = $(foreach v,$(DOCKER_PATH_VARS),\
   $(if $(filter command line,$(origin $v)),$(wildcard $($v))))
 DOCKER_MOUNTS  = $(strip $(foreach p,$(DOCKER_OUTPUTS) $(DOCKER_INPUTS),$(call mount,$p)))
 # The caller's command-line variables, except those that choose how and where to run.

@@ -16,18 +16,18 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # crygen without torch's venv
 
-from crygen import remote  # noqa: E402
 from crygen.fileio import CrygenError, one_line  # noqa: E402
+from crygen.remote.jobs import Dispatcher  # noqa: E402
 
 
-def _run(fn, *args, **kwargs):
+def _run(dispatcher: Dispatcher, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs, echo=click.echo)
     except CrygenError as e:
-        click.echo(f"remote: error: {remote.REDACT(str(e))}", err=True)
+        click.echo(f"remote: error: {dispatcher.redact(str(e))}", err=True)
         sys.exit(1 if e.problem.startswith("remote job failed") else 2)
     except Exception as e:  # dpdispatcher's own errors, as one line with secrets masked
-        click.echo(f"remote: error: {remote.REDACT(one_line(e))}", err=True)
+        click.echo(f"remote: error: {dispatcher.redact(one_line(e))}", err=True)
         sys.exit(1)
 
 
@@ -47,10 +47,12 @@ def submit(machine: str, target: str, given: str, image: str, wait: bool, dry_ru
     """Stage, check and submit TARGET; print the job id."""
     given_vars = {name: os.environ.get(name, "") for name in given.split()}
     defaults = {name: os.environ.get(f"CRYGEN_DEFAULT_{name}", "") for name in ("DATA", "BASE_MODEL", "RESULTS")}
-    job_dir = _run(remote.submit, machine, target, given_vars, defaults, image=image or None, dry_run=dry_run)
+    dispatcher = Dispatcher.from_environment()
+    job_dir = _run(dispatcher, dispatcher.submit, machine, target, given_vars, defaults, image=image or None,
+                   dry_run=dry_run)
     click.echo(f"job id: {job_dir.name}")
     if wait and not dry_run:
-        _run(remote.fetch, job_dir.name, wait=True)
+        _run(dispatcher, dispatcher.fetch, job_dir.name, wait=True)
     elif not dry_run:
         click.echo(f"check: make remote-status JOB={job_dir.name}   collect: make remote-fetch JOB={job_dir.name}")
 
@@ -59,7 +61,8 @@ def submit(machine: str, target: str, given: str, image: str, wait: bool, dry_ru
 @click.option("--job", envvar="CRYGEN_JOB", required=True)
 def status(job: str) -> None:
     """Report a job's state (and retry a terminated one as its profile allows)."""
-    _run(remote.status, job)
+    dispatcher = Dispatcher.from_environment()
+    _run(dispatcher, dispatcher.status, job)
 
 
 @cli.command()
@@ -67,7 +70,8 @@ def status(job: str) -> None:
 @click.option("--wait/--no-wait", default=False)
 def fetch(job: str, wait: bool) -> None:
     """Download a finished job's run folder into remote/jobs/<job>/run."""
-    _run(remote.fetch, job, wait=wait)
+    dispatcher = Dispatcher.from_environment()
+    _run(dispatcher, dispatcher.fetch, job, wait=wait)
 
 
 if __name__ == "__main__":

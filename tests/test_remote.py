@@ -7,14 +7,19 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from crygen import remote
 from crygen.fileio import CrygenError
+from crygen.remote import PROFILES
+from crygen.remote.credentials import Lookup, Redactor, read_credentials
+from crygen.remote.jobs import extract_run
+from crygen.remote.profiles import SECRET_KEYS, Profile
+from crygen.remote.staging import PATH_VARS, job_script, job_variables, resolve_inputs
 from tests.helpers import NACL_CIF, ROOT, Daemons, demo_subset, require_programs
 
 # Fake credentials, made per run (so that no source file travelling with a job holds them):
@@ -59,35 +64,73 @@ def test_shipped_profiles_pass_dpdispatchers_checks(name, tmp_path, monkeypatch)
     for key, value in {**FAKE_ACCOUNT, **FAKE_SECRETS, "CRYGEN_SSH_HOST": "h", "CRYGEN_SSH_USER": "u",
                        "CRYGEN_SSH_KEY": "/k", "CRYGEN_REMOTE_ROOT": "/r", "CRYGEN_REMOTE_VENV": "/v"}.items():
         monkeypatch.setenv(key, value)
-    profile = remote.Profile.load(name)
-    machine, resources = profile.machine_and_resources(tmp_path, remote.make_lookup())
+    profile = Profile.load(name)
+    lookup = Lookup.from_environment(Redactor())
+    machine, resources = profile.machine_and_resources(tmp_path, lookup)
     assert machine["local_root"] == str(tmp_path) and resources["batch_type"] == machine["batch_type"]
     if name == "slurm":
         assert machine["remote_profile"]["port"] == 22 and resources["gpu_per_node"] == 1  # typed defaults
-    assert set(profile.settings(remote.make_lookup())["make_vars"]) >= {"VENV", "ENV_READY"}
+    assert set(profile.settings(lookup)["make_vars"]) >= {"VENV", "ENV_READY"}
 
 
 def test_profile_errors_are_one_line_and_name_the_file(tmp_path, monkeypatch):
     for name in ("CRYGEN_SSH_HOST", "CRYGEN_REMOTE_ROOT"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(CrygenError, match=r"slurm.json: machine\.remote_root: \$\{CRYGEN_REMOTE_ROOT\} is not set"):
-        remote.Profile.load("slurm").machine_and_resources(tmp_path, remote.make_lookup())
+        Profile.load("slurm").machine_and_resources(tmp_path, Lookup.from_environment(Redactor()))
     literal = tmp_path / "literal.json"
-    raw = json.loads((remote.PROFILES / "bohrium.json").read_text())
+    raw = json.loads((PROFILES / "bohrium.json").read_text())
     raw["machine"]["remote_profile"]["password"] = "hunter2hunter2"
     literal.write_text(json.dumps(raw))
     with pytest.raises(CrygenError, match="a secret does not belong in a profile") as e:
-        remote.Profile.load(str(literal))
+        Profile.load(str(literal))
     assert str(literal) in str(e.value) and "hunter2" not in str(e.value)
     bad = tmp_path / "bad.json"
-    raw = json.loads((remote.PROFILES / "local.json").read_text())
+    raw = json.loads((PROFILES / "local.json").read_text())
     raw["resources"]["cpu_per_node"] = "many"
     bad.write_text(json.dumps(raw))
     with pytest.raises(CrygenError, match=r"resources: .*cpu_per_node") as e:
-        remote.Profile.load(str(bad)).machine_and_resources(tmp_path, remote.make_lookup())
+        Profile.load(str(bad)).machine_and_resources(tmp_path, Lookup.from_environment(Redactor()))
     assert len(str(e.value).splitlines()) == 1
     with pytest.raises(CrygenError, match="no such machine profile"):
-        remote.Profile.load("no-such-cluster")
+        Profile.load("no-such-cluster")
+
+
+@pytest.mark.parametrize("key, value", [("check_intervall", 2), ("check_interval", "often"), ("make_vars", ["VENV"]),
+                                        ("input_cache", 7)])
+def test_a_bad_crygen_section_is_refused_in_one_line_naming_the_file(key, value, tmp_path):
+    raw = json.loads((PROFILES / "local.json").read_text())
+    raw["crygen"][key] = value
+    bad = tmp_path / "bad-crygen.json"
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(CrygenError, match=rf"crygen: .*`{key}`") as e:
+        Profile.load(str(bad)).settings(Lookup.from_environment(Redactor()))
+    assert str(e.value).startswith(f"{bad}: ") and len(str(e.value).splitlines()) == 1
+
+
+def test_the_crygen_section_is_documented_from_its_schema():
+    proc = subprocess.run([sys.executable, "-m", "crygen.remote", "profile-doc"], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    settings = Profile.load("local").settings(Lookup.from_environment(Redactor()))
+    for key in settings:  # every key a profile's crygen section takes, with its path in the docs
+        assert f"argument path: ``crygen/{key}``" in proc.stdout, proc.stdout
+
+
+def test_remote_jobs_and_runner_docker_take_the_same_inputs(tmp_path):
+    """A path variable travels with a remote job exactly when RUNNER=docker mounts it: both
+    lists are crygen/settings.py's path_settings()."""
+    given = {}
+    for var in PATH_VARS:
+        given[var] = tmp_path / var.lower()
+        given[var].mkdir()
+    plan = subprocess.run(["make", "-C", str(ROOT), "-n", "pipeline", "RUNNER=docker", "DOCKER_IMAGE=crygen:test",
+                           f"OUT={tmp_path / 'run'}", *(f"{k}={v}" for k, v in given.items())],
+                          capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    run = next(line for line in plan.stdout.splitlines() if " run --rm" in line)
+    assert all(f"-v {path}:{path}" in run for path in given.values()), run
+    travelling = resolve_inputs({k: str(v) for k, v in given.items()}, {}, lambda d: False)
+    assert [i.var for i in travelling] == list(PATH_VARS) and set(PATH_VARS) >= {"DATA", "REFERENCE_DATA"}
 
 
 def test_credentials_file_must_be_private(tmp_path, monkeypatch):
@@ -96,15 +139,15 @@ def test_credentials_file_must_be_private(tmp_path, monkeypatch):
     monkeypatch.setenv("CRYGEN_CREDENTIALS", str(creds))
     creds.chmod(0o644)
     with pytest.raises(CrygenError, match="chmod 600") as e:
-        remote.read_credentials()
+        read_credentials()
     assert str(creds) in str(e.value) and FAKE_SECRETS["BOHRIUM_PASSWORD"] not in str(e.value)
     creds.chmod(0o600)
-    assert remote.read_credentials() == {"BOHRIUM_PASSWORD": FAKE_SECRETS["BOHRIUM_PASSWORD"]}
+    assert read_credentials() == {"BOHRIUM_PASSWORD": FAKE_SECRETS["BOHRIUM_PASSWORD"]}
 
 
 def test_user_values_are_quoted_in_the_job_script(tmp_path):
     hostile = f"1; touch {tmp_path}/pwned $(touch {tmp_path}/pwned2) `id` 'q' $HOME"
-    script = remote.job_script("j", "pipeline", {"EPOCHS": hostile, "OUT": "run"}, [], None)
+    script = job_script("j", "pipeline", {"EPOCHS": hostile, "OUT": "run"}, [], None)
     make_line = next(line for line in script.splitlines() if line.startswith("status=0; make "))
     # run that line with real bash and make: the Makefile writes back exactly what make got
     (tmp_path / "Makefile").write_text("pipeline:\n\t$(file >got.txt,$(EPOCHS))\n")
@@ -112,7 +155,7 @@ def test_user_values_are_quoted_in_the_job_script(tmp_path):
     assert (tmp_path / "got.txt").read_text() == hostile + "\n"
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
     with pytest.raises(CrygenError, match="TARGET"):
-        remote.job_variables("pipeline; rm -rf /", {}, {})
+        job_variables("pipeline; rm -rf /", {}, {})
 
 
 # ---------------------------------------------------------------- downloaded archives
@@ -139,14 +182,14 @@ def test_an_archive_reaching_outside_the_job_folder_is_refused(tmp_path, evil):
     job = tmp_path / "job"
     job.mkdir()
     with pytest.raises(CrygenError, match="outside the job folder; archive refused"):
-        remote.extract_run(archive, job)
+        extract_run(archive, job)
     assert list(job.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
 
 
 def test_a_good_archive_is_unpacked_into_run(tmp_path):
     archive = _tar(tmp_path / "run.tar.gz", [("run/summary.json", '{"ok": 1}', None),
                                              ("run/generation/x.txt", "y", None), ("run/latest", None, "summary.json")])
-    run = remote.extract_run(archive, tmp_path)
+    run = extract_run(archive, tmp_path)
     assert json.loads((run / "summary.json").read_text()) == {"ok": 1}
     assert (run / "latest").resolve() == (run / "summary.json").resolve()
 
@@ -171,7 +214,7 @@ def test_bohrium_dry_run_builds_a_checked_job_without_secrets(profile, tmp_path)
     else:
         assert (remote_profile["image_address"], remote_profile["machine_type"], remote_profile["platform"]) == \
             (IMAGE, "1 * NVIDIA V100_32g", "ali")
-    assert not set(remote.SECRET_KEYS) & set(remote_profile)
+    assert not set(SECRET_KEYS) & set(remote_profile)
     assert described["task"]["backward_files"] == ["run.tar.gz", "make.log", "make.err"]
     assert {"Makefile", "crygen", "stages", "data", "inputs", "MANIFEST.sha256", "crygen-job.sh"} <= \
         set(described["task"]["forward_files"])
@@ -197,7 +240,7 @@ def test_a_secret_on_makes_command_line_is_refused_before_anything_is_written(tm
     assert password not in proc.stdout + proc.stderr
     assert not (tmp_path / "jobs").exists()
     with pytest.raises(CrygenError, match="BOHRIUM_PASSWORD: a secret travels only from the environment"):
-        remote.job_variables("pipeline", {"BOHRIUM_PASSWORD": password}, {})  # nor does job.py pass one on
+        job_variables("pipeline", {"BOHRIUM_PASSWORD": password}, {})  # nor does job.py pass one on
 
 
 @pytest.mark.parametrize("profile", ["bohrium", "bohrium-openapi"])
@@ -265,7 +308,7 @@ def ssh_env(ssh: dict, root: Path) -> dict:
 
 def test_ssh_shell_uploads_an_input_once(daemons, tmp_path):
     _, ssh = daemons
-    profile = json.loads((remote.PROFILES / "slurm.json").read_text())
+    profile = json.loads((PROFILES / "slurm.json").read_text())
     profile["machine"]["batch_type"] = "Shell"  # SSH alone: the job runs in the login shell
     profile["resources"].pop("queue_name")
     (tmp_path / "ssh-shell.json").write_text(json.dumps(profile))
@@ -310,8 +353,6 @@ def test_slurm_over_ssh_submit_status_fetch(daemons, tmp_path):
 def test_a_published_model_name_travels_as_a_name(tmp_path, monkeypatch):
     """BASE_MODEL=mattergen_base is found in the remote side's Hugging Face cache, not uploaded;
     a folder of that name here is a folder, and travels."""
-    from crygen.remote import resolve_inputs
-
     monkeypatch.chdir(tmp_path)
     assert resolve_inputs({"BASE_MODEL": "mattergen_base", "MODEL": "chemical_system"}, {}, lambda d: False) == []
     (tmp_path / "mattergen_base").mkdir()
