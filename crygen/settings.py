@@ -1,7 +1,11 @@
 """The pipeline's settings (make variables), each declared once: its type, the values it may
 take, what it means and which settings stamps it joins.
 
-The Makefile runs this module once, when it is read, before any stage runs: a bad value stops
+Each setting's default is here too, and only here: the Makefile defines its variables from
+them (``defaults``), the stages' click options take them (:func:`crygen.cli.setting_option`)
+and `make help` shows them; tests/test_settings.py checks the Makefile holds no other.
+
+The Makefile runs this module when it is read, before any stage runs: a bad value stops
 make with one line naming the variable; a secret given on make's command line is refused
 before anything is written. The same declarations write the settings stamps (see
 :func:`stamp_text`), the normalised settings summarize records (``json``) and `make help`'s
@@ -13,12 +17,15 @@ Standard library only, run with ``python -S``: the check must work on a fresh cl
 that make hands over.
 
 Commands (values are given as NAME=VALUE arguments; the Makefile quotes each for the shell):
-  names                        the declared names, for the Makefile
+  names                        the declared names
+  paths                        the variables naming an input file or folder (path_settings)
+  defaults                     the Makefile's defaults, one word each: NAME?=VALUE, or NAME alone
+                               where the Makefile derives it (it `$(eval)`s the first kind)
   check [--validate] [--given NAMES] [--stamp FILE ...] NAME=VALUE...
                                `ok` and the stale stamp files, or `error <one line>`
   stamp --write FILE NAME=VALUE...        write one stamp (FILE is named after its stage)
   json --write PATH NAME=VALUE...         write the normalised settings (strict JSON)
-  help NAME=VALUE...                      the variables, their values and meanings
+  help NAME=VALUE...                      the variables, their meanings, values and defaults
 """
 
 from __future__ import annotations
@@ -140,58 +147,103 @@ def text(value: str) -> str:
 
 
 # ---------------------------------------------------------------- the declarations
+# The one place of each setting's default: the Makefile defines its variables from these
+# (`defaults`, with ?=, so the command line and the environment still win), `make help` shows
+# them and the stages' click options take them (crygen.cli.setting_option). A default is text
+# as make holds it, without whitespace or make's special characters. None: the Makefile
+# derives it from its other variables (DATA from DEMO_DATA, RESULTS from OUT), written there.
+DERIVED = None
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
     parse: Callable[[str], Any]
+    default: str | None  # make's text; DERIVED: a Makefile expression
     meaning: str
     stamps: tuple[str, ...] = ()  # the stages whose settings stamp it joins
     only_with: str | None = None  # joins them only when this setting is set (non-empty, not 0)
     content: bool = False  # a path: the stamp also holds its files' list, sizes and times
 
+    @property
+    def value(self) -> Any:
+        """The default, typed as a stage's option takes it."""
+        if self.default is None:
+            raise ValueError(f"{self.name}'s default is the Makefile's (derived from its other variables)")
+        return self.parse(self.default)
+
 
 PIPE = ("prepare", "finetune", "validate", "generate", "sample")
 SETTINGS = (
-    Setting("DATA", path(), "your crystals: a CSV (material_id, cif, property columns), a CIF folder or an extxyz file",
+    Setting("DATA", path(), DERIVED,
+            "your crystals: a CSV (material_id, cif, property columns), a CIF folder or an extxyz file",
             ("prepare",), content=True),
-    Setting("BASE_MODEL", path(), "the model to fine-tune: a MatterGen model dir or a published name",
+    Setting("BASE_MODEL", path(), "data/base_model", "the model to fine-tune: a MatterGen model dir or a published name",
             ("finetune",), content=True),
-    Setting("OUT", path(), "the run folder"),
-    Setting("EPOCHS", integer(1), "fine-tuning epochs", ("finetune",)),
-    Setting("NUM_GEN", integer(1), "samples to draw (fewer may be written: generation.json's samples block counts each)", ("generate", "sample")),
-    Setting("SEED", integer(0, SEED_MAX, "numpy's seed range"), "seed of the split, fine-tuning, validation noise and sampling", PIPE),
-    Setting("DEVICE", device, "auto, cpu, cuda or cuda:N", ("finetune", "validate", "generate", "sample")),
-    Setting("VAL_FRACTION", number(0.0, 0.9), "share of DATA held out for validation", ("prepare",)),
-    Setting("MAX_ATOMS", integer(1, 500), "largest structure kept from DATA (atoms)", ("prepare",)),
-    Setting("BATCH_SIZE", integer(1), "fine-tuning batch size", ("finetune",)),
-    Setting("GEN_BATCH", integer(0), "generation batch size (0: chosen from NUM_GEN and memory)", ("generate", "sample")),
-    Setting("DRAWS", integer(1), "noise draws per validation structure", ("validate",)),
-    Setting("RESULTS", path(), "make eval-gen: a results folder, CIF zip or CIF folder"),
-    Setting("EVAL_OUT", path(required=False), "make eval-gen: where its results go (default: next to RESULTS)"),
-    Setting("RELAX", flag, "relax generated crystals and place them on the hull (1) or not (0)", ("evaluate",)),
-    Setting("POTENTIAL", path(), "chgnet, mattersim or a MatterSim .pth",
+    Setting("OUT", path(), "runs/default", "the run folder"),
+    Setting("EPOCHS", integer(1), "1", "fine-tuning epochs", ("finetune",)),
+    Setting("NUM_GEN", integer(1), "4",
+            "samples to draw (fewer may be written: generation.json's samples block counts each)", ("generate", "sample")),
+    Setting("SEED", integer(0, SEED_MAX, "numpy's seed range"), "42",
+            "seed of the split, fine-tuning, validation noise and sampling", PIPE),
+    Setting("DEVICE", device, "auto", "auto, cpu, cuda or cuda:N", ("finetune", "validate", "generate", "sample")),
+    Setting("VAL_FRACTION", number(0.0, 0.9), "0.1", "share of DATA held out for validation", ("prepare",)),
+    Setting("MAX_ATOMS", integer(1, 500), "20", "largest structure kept from DATA (atoms)", ("prepare",)),
+    Setting("BATCH_SIZE", integer(1), "32", "fine-tuning batch size", ("finetune",)),
+    Setting("GEN_BATCH", integer(0), "0", "generation batch size (0: chosen from NUM_GEN and memory)",
+            ("generate", "sample")),
+    Setting("DRAWS", integer(1), "4", "noise draws per validation structure", ("validate",)),
+    Setting("RESULTS", path(), DERIVED, "make eval-gen: a results folder, CIF zip or CIF folder"),
+    Setting("EVAL_OUT", path(required=False), "", "make eval-gen: where its results go (default: next to RESULTS)"),
+    Setting("RELAX", flag, "1", "relax generated crystals and place them on the hull (1) or not (0)", ("evaluate",)),
+    Setting("POTENTIAL", path(), "chgnet", "chgnet, mattersim or a MatterSim .pth",
             ("evaluate",), content=True),
-    Setting("REFERENCE", path(), "convex-hull reference: default or a MatterGen LMDB-gz file",
+    Setting("REFERENCE", path(), "default", "convex-hull reference: default or a MatterGen LMDB-gz file",
             ("evaluate",), content=True),
-    Setting("ALLOW_POTENTIAL_MISMATCH", flag, "1: evaluate with a POTENTIAL other than the reference's (recorded)",
+    Setting("ALLOW_POTENTIAL_MISMATCH", flag, "0", "1: evaluate with a POTENTIAL other than the reference's (recorded)",
             ("evaluate",), only_with="ALLOW_POTENTIAL_MISMATCH"),
-    Setting("BASE_STEPS", integer(1), "make base-model: training steps"),
-    Setting("PART", share, "make reference: k/n relaxes only the k-th of n shares (spread a build over runs)"),
-    Setting("MODEL", path(required=False), "make sample: a model dir or a published MatterGen name",
+    Setting("BASE_STEPS", integer(1), "10000", "make base-model: training steps"),
+    Setting("PART", share, "1/1", "make reference: k/n relaxes only the k-th of n shares (spread a build over runs)"),
+    Setting("MODEL", path(required=False), "", "make sample: a model dir or a published MatterGen name",
             ("sample",), content=True),
-    Setting("PROPERTIES", text, "property columns of DATA to condition on, comma-separated",
+    # property-conditioned runs: PROPERTIES=band_gap,solid_electrolyte (columns of DATA), then
+    # CONDITION='band_gap=1.5,solid_electrolyte=yes' GUIDANCE=2.0 to generate for them
+    Setting("PROPERTIES", text, "", "property columns of DATA to condition on, comma-separated",
             ("prepare", "finetune"), only_with="PROPERTIES"),
-    Setting("FINETUNE_MODE", choice("full", "adapter"), "with PROPERTIES: fine-tune everything or adapters only",
+    Setting("FINETUNE_MODE", choice("full", "adapter"), "full", "with PROPERTIES: fine-tune everything or adapters only",
             ("finetune",), only_with="PROPERTIES"),
-    Setting("LR", optional(number(0.0, low_open=True)), "fine-tuning learning rate (empty: the stage's default)",
+    Setting("LR", optional(number(0.0, low_open=True)), "", "fine-tuning learning rate (empty: the stage's default)",
             ("finetune",), only_with="LR"),
-    Setting("CONDITION", text, "name=value,... to generate for (a property-conditioned model)",
+    Setting("CONDITION", text, "", "name=value,... to generate for (a property-conditioned model)",
             ("generate", "sample"), only_with="CONDITION"),
-    Setting("GUIDANCE", number(0.0), "classifier-free guidance factor, with CONDITION", ("generate", "sample"),
+    Setting("GUIDANCE", number(0.0), "2.0", "classifier-free guidance factor, with CONDITION", ("generate", "sample"),
             only_with="CONDITION"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+# What make cannot take as one word of $(shell)'s output and $(eval) back unchanged.
+NOT_MAKE_WORD = re.compile(r"[\s$#\\]|\?=")
 STAMPS = ("prepare", "finetune", "validate", "generate", "evaluate", "sample")
+
+
+def makefile_defaults() -> list[str]:
+    """``NAME?=VALUE`` for each default, ``NAME`` for one the Makefile derives (see ``defaults``)."""
+    words = []
+    for s in SETTINGS:
+        if s.default is not None and NOT_MAKE_WORD.search(s.default):
+            raise SystemExit(f"crygen.settings: {s.name}'s default {s.default!r} is not one plain word for make")
+        words.append(s.name if s.default is None else f"{s.name}?={s.default}")
+    return words
+
+
+def help_lines(raw: dict[str, str]) -> list[str]:
+    """`make help`'s list: each setting, its meaning, its value, and its default where the value
+    is another (a derived default is the Makefile's, given in its terms by its value)."""
+    width = max(len(n) for n in BY_NAME)
+    lines = []
+    for s in SETTINGS:
+        other = s.default is not None and raw[s.name] != s.default
+        lines.append(f"  {s.name:<{width}}  {s.meaning} [{raw[s.name]}{f'; default {s.default}' if other else ''}]")
+    return lines
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -230,7 +282,12 @@ def refuse_secrets(given: list[str]) -> None:
 def fingerprint(value: str, default_reference: str) -> str | None:
     """What a path's content looks like, cheaply: every file's name, size and modification
     time (a file removed, added or rewritten changes it), hashed. None for a name (chgnet, a
-    published model) or a path not there (the stage says so)."""
+    published model) or a path not there (the stage says so).
+
+    A link in the folder that leads nowhere (or a file gone while it is walked) is recorded as
+    the link itself, its own size and time: the fingerprint is no place to refuse it (reading the
+    folder is the stage's, which names what is missing in one line), a `make -n` must not fail
+    with a traceback, and pointing the link elsewhere still changes the fingerprint."""
     target = Path(default_reference if value == "default" and default_reference else value).expanduser()
     if not target.exists():
         return None
@@ -240,12 +297,26 @@ def fingerprint(value: str, default_reference: str) -> str | None:
         files = []
         for root, dirs, names in os.walk(target):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            files += [(os.path.relpath(os.path.join(root, n), target), os.stat(os.path.join(root, n)))
-                      for n in sorted(names)]
+            for n in sorted(names):
+                st = file_stat(os.path.join(root, n))
+                if st is not None:
+                    files.append((os.path.relpath(os.path.join(root, n), target), st))
     h = hashlib.sha256()
     for name, st in files:
         h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return f"{len(files)} file(s), {h.hexdigest()[:16]}"
+
+
+def file_stat(file: str) -> os.stat_result | None:
+    """What the file a name leads to looks like; for a link that leads nowhere, the link's own;
+    None for a name gone since the folder was listed."""
+    try:
+        return os.stat(file)
+    except FileNotFoundError:
+        try:
+            return os.lstat(file)
+        except FileNotFoundError:
+            return None
 
 
 def stamp_text(stage: str, values: dict[str, Any], raw: dict[str, str], default_reference: str) -> str:
@@ -289,21 +360,22 @@ def stale_stamps(files: list[str], values: dict[str, Any], raw: dict[str, str], 
 # ---------------------------------------------------------------- commands
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m crygen.settings")
-    parser.add_argument("command", choices=("names", "check", "stamp", "json", "help"))
+    parser.add_argument("command", choices=("names", "paths", "defaults", "check", "stamp", "json", "help"))
     parser.add_argument("--validate", action="store_true", help="check the settings' values (goals that run stages)")
     parser.add_argument("--given", default="", help="names given on make's command line")
     parser.add_argument("--stamp", action="append", default=[], help="a stamp file to compare (named after its stage)")
     parser.add_argument("--default-reference", default="", help="the file REFERENCE=default names")
     parser.add_argument("--write", type=Path)
     args, assignments = parser.parse_known_args(argv)
-    if args.command == "names":
-        print(" ".join(BY_NAME))
+    if args.command in ("names", "paths"):
+        print(" ".join(BY_NAME if args.command == "names" else path_settings()))
+        return 0
+    if args.command == "defaults":
+        print("\n".join(makefile_defaults()))
         return 0
     raw = parse_assignments(assignments)
     if args.command == "help":
-        width = max(len(n) for n in BY_NAME)
-        for s in SETTINGS:
-            print(f"  {s.name:<{width}}  {s.meaning} [{raw[s.name]}]")
+        print("\n".join(help_lines(raw)))
         return 0
     try:
         refuse_secrets(args.given.split())
@@ -321,6 +393,17 @@ def main(argv: list[str]) -> int:
     else:
         write_text_atomic(args.write, json.dumps(values, indent=2, allow_nan=False) + "\n")
     return 0
+
+
+# ---------------------------------------------------------------- inputs named by a path
+def path_settings() -> tuple[str, ...]:
+    """The variables naming an input file or folder: what travels with a remote job
+    (crygen.remote) and what RUNNER=docker mounts (docker/docker.mk, ``paths``). Every setting
+    parsed by :func:`path` but the run folders written (OUT, EVAL_OUT), and REFERENCE_DATA: a
+    Makefile variable (default $(OUT)/data, eval-gen's training data), not a checked setting."""
+    code = path().__code__
+    return tuple(s.name for s in SETTINGS if getattr(s.parse, "__code__", None) is code
+                 and s.name not in ("OUT", "EVAL_OUT")) + ("REFERENCE_DATA",)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def published_model_dir(name: str, dest: Path, seed: int = 0, cell_score_scale: 
     import torch
     from hydra.utils import instantiate
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
 
     source = MATTERGEN_CONFIGS / name / "config.yaml"
     if not source.is_file():
@@ -138,7 +139,7 @@ def with_diffusion_steps(model_dir: Path, dest: Path, steps: int, start_time: fl
 
     import yaml
 
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
 
     (dest / "checkpoints").mkdir(parents=True)
     (dest / "checkpoints" / "last.ckpt").symlink_to((model_dir / "checkpoints" / "last.ckpt").resolve())
@@ -351,3 +352,23 @@ class Daemons:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+# ---------------------------------------------------------------- generation probe
+# crygen's generation in a process of its own (its peak memory its own): model dir, NUM_GEN,
+# batch size -> JSON; used by the memory-budget test and benchmarks/.
+GENERATION_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from crygen.generation import generate
+r = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=0, batch_size=int(sys.argv[3]),
+             record_trajectories=False, log=lambda m: None)
+print(json.dumps({"n": len(r.structures), "seconds": r.seconds, "failed_batches": r.failed_batches,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_generation_probe(model_dir: Path, num_gen: int, batch: int, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
+                          check=True, capture_output=True, text=True, cwd=ROOT, env=env)
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -3,8 +3,10 @@ settings stamps that follow the content they stand for without `make -n` writing
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -55,6 +57,112 @@ def test_make_help_lists_every_declared_setting():
     out = make("help").stdout
     for s in settings.SETTINGS:
         assert f"  {s.name} " in out and s.meaning in out
+
+
+# ---------------------------------------------------------------- one table of defaults
+# The Makefile's ?= variables that are no setting of the table: the tools' own (the python, the
+# environment, pytest's arguments), make remote's (shown in `make help`'s "also" line) and
+# make eval-gen's REFERENCE_DATA (its own line there). The settings' defaults are the table's.
+NOT_SETTINGS = {"PYTHON": "", "VENV": "", "ENV_READY": "", "PYTEST_ARGS": "", "LOCAL_VENV": "",
+                "MACHINE": "make remote", "TARGET": "make remote", "WAIT": "make remote", "DRY_RUN": "make remote",
+                "IMAGE": "make remote", "JOB": "make remote", "REFERENCE_DATA": "make eval-gen"}
+
+
+def makefile_assignments() -> dict[str, list[tuple[str, str]]]:
+    """Each variable the Makefile assigns at the start of a line: [(operator, value), ...]."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(r"([A-Z][A-Z0-9_]*)\s*([?:+]?=)\s*(.*)$", line)
+        if match:
+            found.setdefault(match[1], []).append((match[2], match[3]))
+    return found
+
+
+def test_the_makefile_takes_each_default_from_the_table_and_derives_only_the_declared_ones():
+    assigned = makefile_assignments()
+    for s in settings.SETTINGS:
+        if s.default is settings.DERIVED:
+            assert [op for op, _ in assigned.get(s.name, [])] == ["?="], s.name
+        else:
+            assert s.name not in assigned, f"{s.name}: the Makefile sets it; its default is the table's"
+    user_variables = {name for name, ops in assigned.items() if any(op == "?=" for op, _ in ops)}
+    assert user_variables - set(NOT_SETTINGS) <= set(settings.BY_NAME)
+    out = make("help").stdout
+    for name, where in NOT_SETTINGS.items():
+        if where:
+            assert f"{where}: " in out and re.search(rf"\b{name}\b", out), name
+
+
+def make_without_settings_in_env(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """make as the tests' ``make``, with no setting exported by whoever runs the tests (``env``: those to set)."""
+    proc = subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", *args], capture_output=True, text=True,
+                          env=subprocess_env({**{name: None for name in settings.BY_NAME}, **(env or {})}))
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_make_holds_the_tables_defaults_and_the_command_line_and_environment_still_win(tmp_path):
+    show = "show-settings: ; @$(foreach v,$(SETTING_NAMES),$(info $v=$($v)))true"
+    proc = make_without_settings_in_env("--eval", show, "show-settings", f"OUT={tmp_path}", "SEED=7", "LR=",
+                                        env={"EPOCHS": "3"})
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    assert list(values) == list(settings.BY_NAME)
+    given = {"OUT": str(tmp_path), "SEED": "7", "LR": "", "EPOCHS": "3",
+             "DATA": "data/alexandria/alexandria-random-1k.xyz", "RESULTS": f"{tmp_path}/generation/results"}
+    assert values == {s.name: given.get(s.name, s.default) for s in settings.SETTINGS}
+
+
+def test_make_help_shows_each_settings_value_and_its_default_where_another_is_given():
+    lines = {line.split()[0]: line for line in make_without_settings_in_env("help", "SEED=7").stdout.splitlines()
+             if line.startswith("  ") and line.split()[0] in settings.BY_NAME}
+    assert lines["SEED"].endswith("[7; default 42]")
+    for s in settings.SETTINGS:
+        if s.default is not None and s.name != "SEED":
+            assert lines[s.name].endswith(f"[{s.default}]"), lines[s.name]
+
+
+def test_every_default_is_a_value_its_setting_takes_and_one_plain_word_for_make():
+    for s in settings.SETTINGS:
+        if s.default is not None:
+            s.parse(s.default)  # raises Bad
+            assert not settings.NOT_MAKE_WORD.search(s.default), s.name
+    assert [w.partition("?=")[0] for w in settings.makefile_defaults()] == list(settings.BY_NAME)
+
+
+# The stages' options that stand for a setting: (stage, click parameter) -> setting.
+STAGE_OPTIONS = {
+    ("prepare_data", "val_fraction"): "VAL_FRACTION", ("prepare_data", "seed"): "SEED",
+    ("prepare_data", "max_atoms"): "MAX_ATOMS", ("prepare_data", "property_names"): "PROPERTIES",
+    ("finetune", "epochs"): "EPOCHS", ("finetune", "batch_size"): "BATCH_SIZE", ("finetune", "lr"): "LR",
+    ("finetune", "seed"): "SEED", ("finetune", "device"): "DEVICE", ("finetune", "property_names"): "PROPERTIES",
+    ("finetune", "mode"): "FINETUNE_MODE",
+    ("validate", "draws"): "DRAWS", ("validate", "seed"): "SEED", ("validate", "device"): "DEVICE",
+    ("generate", "batch_size"): "GEN_BATCH", ("generate", "seed"): "SEED", ("generate", "device"): "DEVICE",
+    ("generate", "condition"): "CONDITION", ("generate", "guidance"): "GUIDANCE",
+    ("evaluate_generated", "reference"): "REFERENCE", ("evaluate_generated", "relax"): "RELAX",
+    ("evaluate_generated", "potential"): "POTENTIAL", ("evaluate_generated", "device"): "DEVICE",
+    ("build_reference", "part"): "PART", ("build_reference", "potential"): "POTENTIAL",
+    ("build_reference", "device"): "DEVICE",
+    ("train_base", "max_steps"): "BASE_STEPS", ("train_base", "seed"): "SEED", ("train_base", "device"): "DEVICE",
+}
+
+
+def test_the_stages_options_take_their_defaults_from_the_table():
+    stages = {}
+    for stage in sorted({stage for stage, _ in STAGE_OPTIONS}):
+        spec = importlib.util.spec_from_file_location(f"stage_{stage}", ROOT / "stages" / f"{stage}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        stages[stage] = {p.name: p for p in module.main.params}
+    for (stage, param), name in STAGE_OPTIONS.items():
+        option, setting = stages[stage][param], settings.BY_NAME[name]
+        assert option.nargs == 1 and option.default in (setting.value, setting.default), (stage, param)
+        if option.default == setting.default and option.default != setting.value:  # the stage parses it
+            setting.parse(option.type.convert(option.default, option, None))
+    # and no stage writes a setting's default by hand: every such option goes through the table
+    for stage in stages:
+        source = (ROOT / "stages" / f"{stage}.py").read_text()
+        assert not re.search(r'click\.option\("--(seed|device|potential)"', source), stage
 
 
 def test_the_checker_needs_only_the_standard_library():
@@ -127,3 +235,21 @@ def test_stamps_hold_only_the_settings_their_stage_reads():
     with_lr = settings.stamp_text("finetune", {**values, "LR": 1e-5}, raw, "")
     assert "LR=1e-05" in with_lr and with_lr != finetune
     assert "NUM_GEN" not in finetune and "EPOCHS" not in settings.stamp_text("generate", values, raw, "")
+
+
+def test_a_link_that_leads_nowhere_in_a_folder_setting_is_fingerprinted_not_a_traceback(tmp_path):
+    model = tmp_path / "model"
+    (model / "checkpoints").mkdir(parents=True)
+    (model / "config.yaml").write_text("x: 1\n")
+    (model / "checkpoints" / "last.ckpt").symlink_to(tmp_path / "elsewhere.ckpt")
+    dangling = settings.fingerprint(str(model), "")
+    assert dangling.startswith("2 file(s), ")
+    (model / "checkpoints" / "last.ckpt").unlink()
+    (model / "checkpoints" / "last.ckpt").symlink_to(tmp_path / "moved.ckpt")
+    os.utime(model / "checkpoints" / "last.ckpt", ns=(1, 1), follow_symlinks=False)
+    assert settings.fingerprint(str(model), "") not in (None, dangling)  # re-pointed: seen
+    (tmp_path / "moved.ckpt").write_text("weights")
+    assert settings.fingerprint(str(model), "").startswith("2 file(s), ")  # now the file it leads to
+    stamp = tmp_path / "run" / ".stamps" / "finetune"
+    proc = make(str(stamp), f"OUT={tmp_path / 'run'}", f"BASE_MODEL={model}", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

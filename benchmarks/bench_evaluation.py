@@ -1,6 +1,6 @@
 """Benchmark: crygen's evaluation against MatterGen's ``MetricsEvaluator``, and batched relaxation.
 
-    python tests/bench_evaluation.py [--structures PATH | --input perturbed|near-misses] [--count 256]
+    python benchmarks/bench_evaluation.py [--structures PATH | --input perturbed|near-misses] [--count 256]
         [--repeat 3] [--mattergen-blas-threads N] [--relax-count 32]
 
 * metrics without relaxation: the same structures and reference (crygen's default plus the
@@ -110,7 +110,7 @@ def _run_one(which: str, structures_pkl: str, result_json: str) -> None:
     reference.entries_by_reduced_formula, reference.entries_by_chemsys
     for module in ("mattergen.evaluation.metrics.energy", "mattergen.evaluation.metrics.evaluator",
                    "mattergen.evaluation.utils.dataset_matcher", "mattergen.evaluation.utils.metrics_structure_summary",
-                   "threadpoolctl", "crygen.mattergen_compat"):
+                   "threadpoolctl", "crygen.mattergen.validity"):
         importlib.import_module(module)
     logging.getLogger("MatterGen").setLevel(logging.ERROR)
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -1,7 +1,7 @@
 """Real-size figures (issue 14): MatterGen's mattergen_base (its published config.yaml, random
 weights: 44.6 M parameters) beside crygen's embedded model, on this machine.
 
-    python tests/bench_models.py [--models real,embedded] [--sample-steps 20] [--full-sample/--no-full-sample]
+    python benchmarks/bench_models.py [--models real,embedded] [--sample-steps 20] [--full-sample/--no-full-sample]
 
 For each model, each figure measured in a process of its own (so peak memory is its own):
 
@@ -38,7 +38,7 @@ TRAIN_PROBE = """
 import json, resource, statistics, sys, time
 import torch
 from hydra.utils import instantiate
-from crygen import mattergen_compat as mc
+from crygen import mattergen as mc
 model_dir, data, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
 config = mc.load_model_config(model_dir)
@@ -78,15 +78,15 @@ def probe(code: str, *args) -> dict:
 
 
 def sample(model_dir: Path, batch: int) -> dict:
-    """``batch`` crystals in one batch, in a process of its own (tests/bench_pipeline.py's probe)."""
-    from tests.bench_pipeline import run_generation_probe
+    """``batch`` crystals in one batch, in a process of its own (tests/helpers.py's probe)."""
+    from tests.helpers import run_generation_probe
 
     return run_generation_probe(model_dir, batch, batch, env=PROBE_ENV)
 
 
 def models(tmp: Path, which: list[str]) -> dict:
     """name -> (model dir, its own schedule's step count, sampling start time)."""
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
     from tests.helpers import BASE_MODEL, SAMPLEABLE_CELL_SCORE_SCALE, published_model_dir
 
     out = {}
@@ -115,7 +115,7 @@ def dataset(tmp: Path) -> Path:
 @click.option("--sample-steps", default=20, show_default=True)
 @click.option("--full-sample/--no-full-sample", default=True, show_default=True)
 def main(which: str, train_steps: int, num_gen: int, sample_steps: int, full_sample: bool) -> None:
-    from crygen import mattergen_compat as mc
+    from crygen import mattergen as mc
     from crygen.generation import auto_batch_size
     from tests.helpers import with_diffusion_steps
 

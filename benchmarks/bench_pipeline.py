@@ -1,6 +1,6 @@
 """Benchmarks for the figures the issues ask for (not a test: run it, read its JSON).
 
-    python tests/bench_pipeline.py [--setup cold|warm|none] [--num-gen-throughput 64] [--repeats 2]
+    python benchmarks/bench_pipeline.py [--setup cold|warm|none] [--num-gen-throughput 64] [--repeats 2]
 
 * set-up: ``make setup`` into a fresh venv of a fresh clone, with an empty pip cache
   (cold: compiles torch_scatter/torch_sparse, downloads everything) or the user's (warm);
@@ -26,6 +26,9 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import run_generation_probe  # noqa: E402  (crygen's generation in a process of its own)
 
 
 def time_setup(mode: str) -> dict:
@@ -55,30 +58,11 @@ def time_pipeline(out: Path) -> dict:
     return {"total_wall_s": round(total, 1), "second_run_wall_s": round(time.time() - start, 2), "stages": stages}
 
 
-# crygen's generation in a process of its own: model dir, NUM_GEN, batch size -> JSON (also
-# used by tests/bench_models.py and the memory-budget test)
-GENERATION_PROBE = """
-import json, resource, sys
-from pathlib import Path
-from crygen.generation import generate
-r = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=0, batch_size=int(sys.argv[3]),
-             record_trajectories=False, log=lambda m: None)
-print(json.dumps({"n": len(r.structures), "seconds": r.seconds, "failed_batches": r.failed_batches,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
-def run_generation_probe(model_dir: Path, num_gen: int, batch: int, env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
-                          check=True, capture_output=True, text=True, cwd=ROOT, env=env)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def time_generation(model_dir: Path, num_gen: int, repeats: int) -> dict:
     """Each run in its own process, so peak memory is its own; the automatic and the fixed batch
     alternate, so a machine whose speed drifts (shared hosts do, by 20 %) slows both alike."""
     from crygen.generation import auto_batch_size
-    from crygen.mattergen_compat import load_model_config
+    from crygen.mattergen.model_dir import load_model_config
 
     auto = auto_batch_size(num_gen, load_model_config(model_dir), "cpu")
     batches = {"auto": auto, "fixed_4": 4}
