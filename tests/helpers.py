@@ -372,3 +372,18 @@ def run_generation_probe(model_dir: Path, num_gen: int, batch: int, env: dict | 
     proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
                           check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def counting_torch_load(monkeypatch) -> list[str]:
+    """Every torch.load from now on, counted (the paths it read)."""
+    import torch
+
+    calls: list[str] = []
+    real = torch.load
+
+    def counting(f, *args, **kwargs):
+        calls.append(str(f))
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return calls

@@ -8,7 +8,7 @@ import ase.io
 import pytest
 
 from crygen import generation
-from tests.helpers import error_line, run_stage
+from tests.helpers import counting_torch_load, error_line, run_stage
 
 
 def test_generate_writes_all_outputs(tmp_path, fast_base_model):
@@ -42,21 +42,12 @@ def test_make_generate_reads_the_checkpoint_once(tmp_path, fast_base_model, monk
     sampled) reads one checkpoint once: the fine-tuned one, checked, copied and sampled."""
     import importlib.util
 
-    import torch
-
     from tests.helpers import STAGES
 
     spec = importlib.util.spec_from_file_location("generate_stage", STAGES / "generate.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    loads = []
-    real = torch.load
-
-    def counting(f, *args, **kwargs):
-        loads.append(str(f))
-        return real(f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", counting)
+    loads = counting_torch_load(monkeypatch)
     monkeypatch.delenv("CRYGEN_LOG_DIR", raising=False)
     stage.main.main([str(a) for a in ("--base-model", fast_base_model, "--finetuned", fast_base_model, "--model-out",
                                       tmp_path / "mfg", "--out", tmp_path / "results", "--num-gen", 2,

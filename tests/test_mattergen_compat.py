@@ -12,6 +12,7 @@ import torch
 from crygen import mattergen as mc
 from crygen.mattergen import speedups, validity
 from crygen.fileio import CrygenError
+from tests.helpers import counting_torch_load
 
 
 def test_gemnet_scale_file_is_installed_where_gemnet_reads_it():
@@ -70,21 +71,8 @@ def test_config_without_lightning_module(tmp_path, tiny_model):
         mc.check_model_dir(bad)
 
 
-def _counting_torch_load(monkeypatch) -> list:
-    """Every torch.load from now on, counted (its paths)."""
-    calls = []
-    real = torch.load
-
-    def counting(f, *args, **kwargs):
-        calls.append(str(f))
-        return real(f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", counting)
-    return calls
-
-
 def test_a_model_dir_checks_cheaply_and_reads_each_file_once(tiny_model, monkeypatch):
-    loads = _counting_torch_load(monkeypatch)
+    loads = counting_torch_load(monkeypatch)
     model = mc.ModelDir(tiny_model)
     assert model.path == tiny_model and loads == []  # the checks read no checkpoint
     assert model.config == mc.load_model_config(tiny_model) and model.adaptations == []
