@@ -9,11 +9,13 @@ returning a typed result the stage reports:
   ``compare_models``);
 * ``evaluation`` (``evaluate_generated``: MatterGen's metrics, sooner; ``evaluation.folder``
   for a results folder), ``reference`` (:class:`~crygen.reference.Reference`, resolved, hashed
-  and loaded once) and ``reference_build``, ``relaxation`` (potentials, batched relaxation);
+  and loaded once), ``reference_build`` with ``reference_sources`` and ``hull_quality`` (the
+  default hull), ``relaxation`` (potentials, batched relaxation);
 * ``provenance`` (``summarize``: versions, git commit, settings, seeds and timings of a run);
 * ``mattergen`` (everything MatterGen's PyPI wheel lacks: configs, model folders, properties,
   sampling speed-ups; ``mattergen_compat`` keeps the old import path), ``patches`` (every
-  run-time patch of another library), ``settings``, ``cli`` and ``fileio`` (atomic outputs).
+  run-time patch of another library), ``settings``, ``layout`` (the run folder's parts), ``cli``
+  and ``fileio`` (atomic outputs); ``remote`` (``make remote``: profiles, staging, jobs).
 """
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from typing import Any
 
 import crygen
 from crygen.fileio import CrygenError, read_json
+from crygen.layout import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 # what summary.json keeps of the generation's metrics_summary.json
@@ -48,7 +49,7 @@ def versions() -> dict[str, str | None]:
 def stage_timings(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Wall time and peak memory of each stage, from ``RUN_DIR/timings/<stage>.json``."""
     timings = {}
-    for f in sorted((run_dir / "timings").glob("*.json")):
+    for f in sorted(RunFolder(run_dir).part("timings").glob("*.json")):
         t = read_json(f)
         timings[t["stage"]] = {"wall_s": t["wall_s"], "peak_rss_mb": t["peak_rss_mb"]}
     return timings
@@ -67,7 +68,7 @@ def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings
     if not isinstance(relax, bool):
         raise CrygenError(None, f"settings: RELAX={relax!r}, expected true or false (crygen/settings.py json)")
     expected = evaluation_settings(
-        path.parent, Reference.from_spec(settings.get("REFERENCE", "default")), PreparedDataset(run_dir / "data"),
+        path.parent, Reference.from_spec(settings.get("REFERENCE", "default")), PreparedDataset(RunFolder(run_dir).part("data")),
         relax, potential_identity(settings.get("POTENTIAL", "chgnet")) if relax else None, FMAX_DEFAULT,
         MAX_STEPS_DEFAULT, generation)
     differing = settings_differences(summary.get("settings") or {}, expected)
@@ -94,9 +95,10 @@ def summarize_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     Makefile's, normalised by crygen/settings.py)."""
     from crygen.evaluation import generation_info
 
-    ckpt = run_dir / "finetune" / "checkpoints" / "last.ckpt"
-    metrics = read_json(run_dir / "evaluation" / "metrics.json")
-    gen_dir = run_dir / "generation" / "results"
+    run = RunFolder(run_dir)
+    ckpt = run.part("finetune") / "checkpoints" / "last.ckpt"
+    metrics = read_json(run.part("validation"))
+    gen_dir = run.part("results")
     gen_info = generation_info(gen_dir)
     generation_eval = generation_evaluation(gen_dir, run_dir, settings, gen_info)
     timings = stage_timings(run_dir)

@@ -17,6 +17,7 @@ import click
 
 from crygen.cli import say, stage
 from crygen.fileio import CrygenError, read_json, write_json
+from crygen.layout import RunFolder
 
 
 @click.command(help=__doc__)
@@ -31,8 +32,9 @@ def main(run_dir: Path, settings_file: Path, out: Path | None):
     settings_obj = read_json(settings_file)
     if not isinstance(settings_obj, dict):
         raise CrygenError(settings_file, "expected a JSON object of settings")
-    write_json(out or run_dir / "summary.json", summarize_run(run_dir, settings_obj))
-    say(f"summarize: {out or run_dir / 'summary.json'}")
+    out = out or RunFolder(run_dir).part("summary")
+    write_json(out, summarize_run(run_dir, settings_obj))
+    say(f"summarize: {out}")
 
 
 if __name__ == "__main__":
