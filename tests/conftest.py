@@ -123,3 +123,12 @@ def real_size_model(tmp_path_factory, published):
     sampled in the last half of a 10-step schedule."""
     return with_diffusion_steps(published("mattergen_base"), tmp_path_factory.mktemp("real_size") / "model",
                                 SAMPLING_STEPS, start_time=RANDOM_WEIGHTS_START_TIME)
+
+
+@pytest.fixture(scope="module")
+def default_reference():
+    """The embedded default reference as MatterGen's dataset."""
+    from crygen.reference import load_reference
+
+    return load_reference("default")[0]
+
