@@ -143,8 +143,9 @@ class ScoreProbe:
         self.batch_start = 0
         self.first_cell_score: float | None = None
         self.first_step_calls = 1 + sampler._n_steps_corrector * bool(sampler._correctors)
-        score_fn = sampler._score_fn
+        patches.wrap("sampling.score_probe", sampler, self._probed)
 
+    def _probed(self, score_fn):
         def probed(x, t):
             score = score_fn(x, t)
             if self.calls == self.batch_start:
@@ -152,7 +153,7 @@ class ScoreProbe:
             self.calls += 1
             return score
 
-        sampler._score_fn = probed
+        return probed
 
     def new_batch(self) -> None:
         self.batch_start, self.first_cell_score = self.calls, None

@@ -3,13 +3,15 @@
 MatterGen, CHGNet and torch are used unmodified on disk. Where crygen needs them to behave
 differently in one process (a faster function, an answer computed in advance, a property name
 MatterGen's hard-coded list lacks) it says so here: what is replaced, by what, why, and the
-installed versions the replacement was read against. Three kinds, one mechanism:
+installed versions the replacement was read against. Four kinds, one mechanism:
 
 * ``replace``: an attribute (a function, a method) is swapped for the duration of a
   ``with applied(...)`` block and restored on leaving it, even on error.
 * ``fill``: a ``functools.cached_property`` of one object gets a value crygen computed (the
   answer MatterGen would compute, sooner); :func:`fill` checks the attribute still is a cached
   property, so the write can only pre-empt MatterGen's own computation, never hide a method.
+* ``wrap``: one object's method wrapped, on that object only (it lives as long as the object);
+  :func:`wrap` checks the object is of the declared class.
 * ``extend``: an entry added to a registry (a dict or list) that MatterGen reads by name when
   it builds a model from ``config.yaml``. Such a build can happen in MatterGen's own code with no
   crygen scope around it (``CrystalGenerator`` loading a crygen model dir), so an entry lives as
@@ -33,14 +35,14 @@ from typing import Any, Callable, Iterator
 
 from crygen.fileio import CrygenError
 
-KINDS = ("replace", "fill", "extend")
+KINDS = ("replace", "fill", "wrap", "extend")
 
 
 @dataclass(frozen=True)
 class Patch:
     name: str
     kind: str
-    target: str  # "module:attribute.path" (replace, extend) or "module:Class.attribute" (fill)
+    target: str  # "module:attribute.path" (replace, extend) or "module:Class.attribute" (fill, wrap)
     why: str
     checked_against: dict[str, str]  # distribution -> the version whose code this was read against
     replacement: str | None = None  # "module:function" (replace); None: given when applied
@@ -81,6 +83,10 @@ PATCHES: dict[str, Patch] = _declare(
           "the bilinear form as one matrix product instead of emb_size batched products: a quarter "
           "of the sampler's CPU time at batch 64; scores within float32 rounding",
           _MATTERGEN, "crygen.mattergen.speedups:efficient_bilinear_in_one_product"),
+    Patch("sampling.score_probe", "wrap", "mattergen.diffusion.sampling.pc_sampler:PredictorCorrector._score_fn",
+          "counts the model's calls and keeps each batch's first cell score, so a failure within the "
+          "first denoising step is reported as the model's, in one line, instead of redrawn",
+          _MATTERGEN),
     Patch("evaluation.smact_validity", "replace", f"{_METRICS}:smact_validity",
           "SMACT's charge-balance search stopped at the first balanced combination (MatterGen's "
           "enumerates all of them: hours on a many-element crystal); the same verdicts",
@@ -210,6 +216,14 @@ def fill(name: str, obj: Any, value: Any) -> None:
     if not isinstance(declared, cached_property) or getattr(type(obj), attribute, None) is not declared:
         raise CrygenError(patch.target, f"patch {name!r}: not a cached property of {type(obj).__name__} any more")
     obj.__dict__[attribute] = value
+
+
+def wrap(name: str, obj: Any, make_wrapper: Callable[[Callable], Callable]) -> None:
+    """Replace ``obj``'s method (patch ``name``) by ``make_wrapper(the bound method)``, on ``obj`` only."""
+    owner, attribute = _declared(name, "wrap").owner_and_attribute()
+    if not isinstance(obj, owner):
+        raise CrygenError(PATCHES[name].target, f"patch {name!r}: {type(obj).__name__} is not a {owner.__name__}")
+    setattr(obj, attribute, make_wrapper(getattr(obj, attribute)))
 
 
 def extend(name: str, key: Any, value: Any = None) -> None:

@@ -12,6 +12,9 @@ from crygen import patches
 from crygen.fileio import CrygenError
 
 CRYGEN = Path(__file__).resolve().parents[1] / "crygen"
+# crygen's own objects whose private state crygen's code sets (a ModelDir handing its read
+# checkpoint to the one it writes)
+OWN_OBJECTS = {"written"}
 
 
 def test_every_patch_targets_what_is_installed():
@@ -74,6 +77,17 @@ def test_a_fill_only_preempts_a_cached_property():
         patches.fill("reference.is_ordered", object(), True)
 
 
+def test_a_wrap_is_on_one_object_of_the_declared_class():
+    from mattergen.diffusion.sampling.pc_sampler import PredictorCorrector
+
+    sampler, other = PredictorCorrector.__new__(PredictorCorrector), PredictorCorrector.__new__(PredictorCorrector)
+    patches.wrap("sampling.score_probe", sampler, lambda score_fn: (lambda x, t: ("probed", score_fn.__name__)))
+    assert sampler._score_fn(None, None) == ("probed", "_score_fn")
+    assert other._score_fn.__func__ is PredictorCorrector._score_fn  # the class and other samplers untouched
+    with pytest.raises(CrygenError, match="is not a PredictorCorrector"):
+        patches.wrap("sampling.score_probe", object(), lambda f: f)
+
+
 def test_an_extension_is_added_once():
     from mattergen.common.utils.globals import PROPERTY_SOURCE_IDS
 
@@ -95,6 +109,10 @@ def _assignments_to_other_libraries(tree: ast.AST) -> list[str]:
                 found.append(f"{node.lineno}: __dict__ write")
             if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in {
                     "torch", "structure", "metrics", "data_utils", "efficient"}:
+                found.append(f"{node.lineno}: {t.value.id}.{t.attr} =")
+            if (isinstance(t, ast.Attribute) and t.attr.startswith("_") and not t.attr.endswith("__")
+                    and isinstance(t.value, ast.Name)
+                    and t.value.id not in {"self", "cls"} and t.value.id not in OWN_OBJECTS):
                 found.append(f"{node.lineno}: {t.value.id}.{t.attr} =")
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr":
             found.append(f"{node.lineno}: setattr")
