@@ -28,9 +28,7 @@ structure has a result.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +36,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from crygen.fileio import CrygenError, atomic_path, dumps_json, one_line, read_json, sha256_file, write_json
+from crygen.fileio import atomic_path, read_json, sha256_file, write_json
 from crygen.packaged import fetch
+from crygen.parts import PartStore, settings_key
 from crygen.hull_quality import corrected_entry, hull_quality, mp_pairs
 from crygen.reference_sources import (
     MAX_COMPOUND_ATOMS,
@@ -66,30 +65,28 @@ PART_SIZE = 64
 
 def work_key(potential: dict[str, Any], relaxation: dict[str, Any]) -> str:
     """The work subfolder for results of this potential and these relaxation settings."""
-    text = json.dumps({"potential": potential, "relaxation": relaxation}, sort_keys=True)
-    return f"{potential['name']}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return settings_key(potential["name"], {"potential": potential, "relaxation": relaxation})
+
+
+def _store(folder: Path) -> PartStore:
+    return PartStore(folder, "part of the reference build")
 
 
 def read_parts(folder: Path) -> dict[str, dict[str, Any]]:
     """Every finished result in ``folder``: material id -> result (``energy`` in eV, None when the
     relaxation failed; ``structure`` as a dict)."""
+    store = _store(folder)
     results: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("part-*.json.gz")):
-        try:
-            part = json.loads(gzip.decompress(path.read_bytes()))
-        except Exception as e:
-            raise CrygenError(path, f"unreadable part of the reference build ({one_line(e)}); delete it to redo it")
-        for r in part["results"]:
+    for name in store.names():
+        for r in store.read(name)["results"]:
             results[r["material_id"]] = r
     return results
 
 
 def write_part(folder: Path, results: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Path:
+    """A part named after its structures (so the same structures make the same part)."""
     ids = "\n".join(r["material_id"] for r in results)
-    path = folder / f"part-{hashlib.sha256(ids.encode()).hexdigest()[:16]}.json.gz"
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(gzip.compress(dumps_json({**meta, "results": list(results)}, indent=None).encode(), mtime=0))
-    return path
+    return _store(folder).write(f"part-{hashlib.sha256(ids.encode()).hexdigest()[:16]}", {**meta, "results": list(results)})
 
 
 def relax_in_parts(candidates: Sequence[Candidate], potential: Any, folder: Path, relaxation: dict[str, Any],
@@ -242,8 +239,9 @@ def build_reference(demo_data: Path, out: Path, work: Path, potential_spec: str 
 def _cpu_seconds(folder: Path) -> dict[str, Any]:
     """CPU time the parts record (a part seeded from an earlier file records none)."""
     total, timed, untimed = 0.0, 0, 0
-    for path in folder.glob("part-*.json.gz"):
-        part = json.loads(gzip.decompress(path.read_bytes()))
+    store = _store(folder)
+    for name in store.names():
+        part = store.read(name)
         if "cpu_seconds" in part:
             total, timed = total + part["cpu_seconds"], timed + len(part["results"])
         else:
