@@ -167,11 +167,15 @@ $(OUT)/evaluation/metrics.json: $(OUT)/finetune/DONE.json $(STAMP)/validate | $(
 
 generate: $(OUT)/generation/results/generated_crystals.extxyz ## NUM_GEN samples drawn from the fine-tuned model
 
+# Blocks of GEN_BATCH samples, each written to its blocks folder when drawn: a rerun draws only
+# the missing ones, SHARDS=N draws them in N processes (crygen/generation_blocks.py).
+GEN_ARGS = --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
+  --shards $(SHARDS) --threads $(THREADS) --condition $(call shq,$(CONDITION)) --guidance $(GUIDANCE)
+
 $(OUT)/generation/results/generated_crystals.extxyz: $(OUT)/finetune/DONE.json $(STAMP)/generate | $(SETUP)
 	$(Q)$(PY) stages/generate.py --base-model $(BASE_MODEL) --finetuned $(OUT)/finetune \
 	  --model-out $(OUT)/generation/model_for_generation --out $(OUT)/generation/results \
-	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
-	  --condition $(call shq,$(CONDITION)) --guidance $(GUIDANCE)
+	  --blocks $(OUT)/generation/blocks $(GEN_ARGS)
 
 # make sample: a model as it is (a path or a published MatterGen name), generated from and
 # evaluated, as MatterGen's mattergen-generate + mattergen-evaluate; OUT given or runs/sample-<name>.
@@ -180,8 +184,7 @@ sample: $(SAMPLE_OUT)/results/metrics_summary.json ## NUM_GEN samples drawn from
 
 $(SAMPLE_OUT)/results/generated_crystals.extxyz: $(wildcard $(MODEL)/checkpoints/last.ckpt) $(SAMPLE_OUT)/.stamps/sample | $(SETUP)
 	$(Q)$(PY) stages/generate.py --model $(call shq,$(MODEL)) --out $(SAMPLE_OUT)/results \
-	  --num-gen $(NUM_GEN) --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) \
-	  --condition $(call shq,$(CONDITION)) --guidance $(GUIDANCE)
+	  --blocks $(SAMPLE_OUT)/blocks $(GEN_ARGS)
 
 $(SAMPLE_OUT)/results/metrics_summary.json: $(SAMPLE_OUT)/results/generated_crystals.extxyz $(SAMPLE_OUT)/.stamps/evaluate | $(SETUP)
 	$(Q)$(PY) stages/evaluate_generated.py --results $(SAMPLE_OUT)/results --out $(SAMPLE_OUT)/results $(EVAL_ARGS)
@@ -189,7 +192,7 @@ $(SAMPLE_OUT)/results/metrics_summary.json: $(SAMPLE_OUT)/results/generated_crys
 # In the pipeline an evaluation failure is recorded (summary.json says why) and the run
 # goes on; `make eval-gen` on its own fails with the reason.
 EVAL_ARGS = --reference $(REFERENCE) --potential $(POTENTIAL) --device $(DEVICE) \
-  $(if $(filter 0 no false,$(RELAX)),--no-relax,--relax) \
+  --shards $(SHARDS) --threads $(THREADS) $(if $(filter 0 no false,$(RELAX)),--no-relax,--relax) \
   $(if $(filter 1 yes true,$(ALLOW_POTENTIAL_MISMATCH)),--allow-potential-mismatch)
 
 $(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/generated_crystals.extxyz $(OUT)/data/dataset.json $(STAMP)/evaluate | $(SETUP)
@@ -201,7 +204,7 @@ $(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/genera
 # (nor its timing into OUT/timings, which a pipeline's summary reads as its own)
 eval-gen reference: export CRYGEN_TIMINGS_DIR =
 eval-gen: export CRYGEN_LOG_DIR = $(abspath $(or $(EVAL_OUT),$(if $(wildcard $(RESULTS)/.),$(RESULTS),$(dir $(RESULTS)))))/logs
-eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF folder> RELAX POTENTIAL REFERENCE EVAL_OUT ALLOW_POTENTIAL_MISMATCH
+eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF folder> RELAX POTENTIAL REFERENCE EVAL_OUT ALLOW_POTENTIAL_MISMATCH SHARDS THREADS
 	$(Q)$(PY) stages/evaluate_generated.py --results $(RESULTS) $(EVAL_ARGS) \
 	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--training-data $(REFERENCE_DATA)) \
 	  $(if $(EVAL_OUT),--out $(EVAL_OUT))

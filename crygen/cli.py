@@ -142,3 +142,38 @@ def pick_device(requested: str = "auto") -> str:
     if requested not in ("cpu",) and not requested.startswith("cuda"):
         raise CrygenError(None, f"DEVICE={requested}: expected auto, cpu or cuda[:N]")
     return requested
+
+
+def threads_per_process(threads: int, shards: int) -> int:
+    """CPU threads for each of ``shards`` processes: ``threads``, or with 0 the cores divided among them."""
+    return threads if threads > 0 else max(1, (os.cpu_count() or 1) // max(1, shards))
+
+
+def use_threads(threads: int) -> int:
+    """Run torch (and the BLAS under it) on ``threads`` threads in this process; returns it.
+    What MatterGen's sampler draws depends on it, so it is recorded with every block and part."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
+def shard_device(device: str, shard: int) -> str:
+    """The device of shard ``shard`` (from 1): with DEVICE=cuda and several visible GPUs, one
+    each in turn; otherwise ``device`` as it is."""
+    if device != "cuda":
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    return f"cuda:{(shard - 1) % count}" if count > 1 else device
+
+
+def device_kind(device: str) -> str:
+    """What sampled crystals and relaxed energies depend on besides threads: ``cpu``, or the GPU's model."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+

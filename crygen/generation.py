@@ -23,11 +23,13 @@ from typing import Any
 from crygen import patches
 from crygen.cli import say
 from crygen.fileio import one_line
+from crygen.generation_blocks import add_block, block_record, open_blocks
 from crygen.mattergen import speedups
 from crygen.mattergen.configs import sampling_overrides
 from crygen.mattergen.files import SAMPLING_CONFIG_DIR
 from crygen.mattergen.model_dir import ModelDir
 from crygen.mattergen.num_atoms import register_num_atoms_distribution
+from crygen.parts import in_share
 
 TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
 CPU_MAX_BATCH = 256  # beyond this a CPU gains no throughput
@@ -49,7 +51,8 @@ class GenerationResult:
     failed_batches: list = field(default_factory=list)
     failed_sanity_check: int = 0  # samples drawn, not written: see SANITY_CHECK
     sampling_overrides: list = field(default_factory=list)  # the model dir's own (crygen_model.json)
-    seconds: float = 0.0
+    seconds: float = 0.0  # sampling time, summed over the blocks
+    blocks: list = field(default_factory=list)  # per block: its number, size, time, where it ran
 
     @property
     def lost_in_failed_batches(self) -> int:
@@ -264,6 +267,9 @@ def generate(
     record_trajectories: bool = True,
     max_retries: int = MAX_RETRIES,
     log=say,
+    blocks_dir: Path | None = None,
+    share: tuple[int, int] = (1, 1),
+    threads: int = 0,
 ) -> GenerationResult:
     """Draw ``num_gen`` samples in the batches of :func:`batch_sizes`, accounting for each.
 
@@ -272,38 +278,72 @@ def generate(
     times, with seeds from :func:`batch_seed`; a batch that fails every time ends generation
     (:class:`GenerationFailure`), as does a failure within the first denoising step
     (:class:`ModelFailure`: the model itself) and a run in which no sample passed the check.
-    ``model_dir``: a :class:`ModelDir` (its checkpoint, if read already, is not read again) or a path."""
-    run = prepare_sampling(ModelDir.of(model_dir, verify=True), device, guidance)
-    result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, run.config, device),
-                              sampling_overrides=run.overrides)
+    ``model_dir``: a :class:`ModelDir` (its checkpoint, if read already, is not read again) or a path.
+
+    Each batch is a block (:mod:`crygen.generation_blocks`): with ``blocks_dir`` every finished
+    block is written there and a block found there is read instead of drawn; ``share`` ``(k, n)``
+    draws only the blocks of that share (and returns them alone). ``threads`` (torch's, recorded
+    with each block) names the blocks' folder: the sampler draws other crystals on other counts."""
+    model = ModelDir.of(model_dir)
+    result = GenerationResult(batch_size=batch_size or auto_batch_size(num_gen, model.config, device),
+                              sampling_overrides=list(model.info.get("sampling_overrides", [])))
     plan = batch_sizes(num_gen, result.batch_size)
-    start = time.time()
+    store = None if blocks_dir is None else open_blocks(
+        blocks_dir, model.checkpoint_path, result.sampling_overrides, seed, result.batch_size, guidance, properties,
+        record_trajectories, device, threads)
+    mine = [b for b in range(1, len(plan) + 1) if in_share(b - 1, share)]
+    todo = [b for b in mine if store is None or not store.has(b, plan[b - 1])]
+    run = prepare_sampling(model.verify(), device, guidance) if todo else None
+    if len(todo) < len(mine):
+        log(f"generate: {len(mine) - len(todo)} of {len(mine)} blocks already drawn ({store.parts.folder})")
     # less time per step, while sampling only; crygen.mattergen.speedups says how close to MatterGen's
     with patches.applied(*speedups.SAMPLING):
-        _draw_all(run, result, plan, seed, properties, record_trajectories, max_retries, log, start)
-    result.seconds = time.time() - start
-    if not result.structures:
+        for b in mine:
+            if b in todo:
+                _draw_block(run, result, store, b, plan, seed, properties, record_trajectories, max_retries, log,
+                            device, threads)
+            else:
+                add_block(result, store.read(b, plan[b - 1]))
+    if not result.structures and share == (1, 1):
         raise GenerationFailure(f"none of the {result.drawn} samples drawn passed the sanity check ({SANITY_CHECK})")
     return result
 
 
-def _draw_all(run: Sampling, result: GenerationResult, plan: list[int], seed: int, properties: dict[str, Any] | None,
-              record_trajectories: bool, max_retries: int, log, start: float) -> None:
-    """Every batch of ``plan``, each drawn again on failure up to ``max_retries`` times."""
-    for batch, n in enumerate(plan, start=1):
-        for retry in range(max_retries + 1):
-            error = _draw_batch(run, result, n, batch_seed(seed, batch, retry), properties, record_trajectories)
-            if error is None:
-                break
-            result.failed_batches.append({"batch": batch, "retry": retry, "size": n, "error": one_line(error)})
-            if retry == max_retries:
-                raise GenerationFailure(
-                    f"batch {batch}/{len(plan)} failed on all {max_retries + 1} draws, each with its own seed "
-                    f"(last: {one_line(error)}): the model's samples diverge too often") from error
-            log(f"generate: batch {batch}/{len(plan)} failed ({one_line(error)}); its {n} samples are "
-                f"counted as lost, drawing it again (retry {retry + 1} of {max_retries})")
-        log(f"generate: batch {batch}/{len(plan)}: {len(result.structures)} structures written of "
-            f"{result.drawn} drawn, {time.time() - start:.0f} s")
+def _draw_block(run: Sampling, result: GenerationResult, store, batch: int, plan: list[int], seed: int,
+                properties: dict[str, Any] | None, record_trajectories: bool, max_retries: int, log, device: str,
+                threads: int) -> None:
+    """Block ``batch`` of ``plan`` drawn, written to ``store`` when there is one, and added to
+    ``result`` through its record, as a block read from disk is: the same structures either way."""
+    n = plan[batch - 1]
+    part = GenerationResult(batch_size=n)
+    start = time.time()
+    _draw_with_retries(run, part, batch, len(plan), seed, properties, record_trajectories, max_retries, log)
+    part.seconds = time.time() - start
+    seeds = [batch_seed(seed, batch, retry) for retry in range(part.batches_run)]  # one per draw
+    record = block_record(part, batch, n, seeds, device, threads)
+    if store is not None:
+        store.write(batch, n, record)
+    add_block(result, record)
+    log(f"generate: block {batch}/{len(plan)}: {len(result.structures)} structures written of "
+        f"{result.drawn} drawn, {result.seconds:.0f} s")
+
+
+def _draw_with_retries(run: Sampling, result: GenerationResult, batch: int, batches: int, seed: int,
+                       properties: dict[str, Any] | None, record_trajectories: bool, max_retries: int, log) -> None:
+    """Batch ``batch`` (of ``batches``) drawn into ``result``, again on failure up to ``max_retries``
+    times, each time with its own seed; its samples counted as lost on each failure."""
+    n = result.batch_size
+    for retry in range(max_retries + 1):
+        error = _draw_batch(run, result, n, batch_seed(seed, batch, retry), properties, record_trajectories)
+        if error is None:
+            return
+        result.failed_batches.append({"batch": batch, "retry": retry, "size": n, "error": one_line(error)})
+        if retry == max_retries:
+            raise GenerationFailure(
+                f"batch {batch}/{batches} failed on all {max_retries + 1} draws, each with its own seed "
+                f"(last: {one_line(error)}): the model's samples diverge too often") from error
+        log(f"generate: batch {batch}/{batches} failed ({one_line(error)}); its {n} samples are "
+            f"counted as lost, drawing it again (retry {retry + 1} of {max_retries})")
 
 
 def _draw_batch(run: Sampling, result: GenerationResult, n: int, seed: int, properties: dict[str, Any] | None,

@@ -16,6 +16,7 @@ RUN_PARTS = {
     "finetune": "finetune",  # the fine-tuned model dir
     "validation": "evaluation/metrics.json",  # validate: base vs fine-tuned
     "model_for_generation": "generation/model_for_generation",
+    "blocks": "generation/blocks",  # generate's finished blocks (resumed from, merged)
     "results": "generation/results",  # generate and evaluate_generated
     "settings": "settings.json",
     "summary": "summary.json",

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # what summary.json keeps of the generation's metrics_summary.json
 GENERATION_EVAL_KEYS = ("count", "metrics", "relaxed", "additional_metrics", "withheld_metrics",
                         "validity_over_drawn_samples", "potential_check", "settings", "uncovered_chemical_systems",
-                        "condition")
+                        "condition", "relaxation_parts")
 
 
 def git_commit() -> str | None:
@@ -114,6 +114,7 @@ def summarize_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
             "seeds": {"pipeline": settings.get("SEED"), "validation": metrics.get("seed"),
                       "generation": gen_info.get("seed")},
             "device": gen_info.get("device"),
+            "generation_blocks": gen_info.get("blocks"),  # which blocks ran where, their seeds and times
             "validation": {k: metrics.get(k) for k in ("n_val", "draws", "pairing", "interval")},
             "stages": timings,
         },

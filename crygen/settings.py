@@ -190,9 +190,17 @@ SETTINGS = (
     Setting("VAL_FRACTION", number(0.0, 0.9), "0.1", "share of DATA held out for validation", ("prepare",)),
     Setting("MAX_ATOMS", integer(1, 500), "20", "largest structure kept from DATA (atoms)", ("prepare",)),
     Setting("BATCH_SIZE", integer(1), "32", "fine-tuning batch size", ("finetune",)),
-    Setting("GEN_BATCH", integer(0), "0", "generation batch size (0: chosen from NUM_GEN and memory)",
+    Setting("GEN_BATCH", integer(0), "0", "generation block size: samples drawn together, with one seed (0: chosen from NUM_GEN and memory; "
+            "fix it to extend a generation with a larger NUM_GEN)",
             ("generate", "sample")),
     Setting("DRAWS", integer(1), "4", "noise draws per validation structure", ("validate",)),
+    # Spreading generation and relaxation: the crystals drawn depend on the thread count (MatterGen's
+    # sampler draws others with one thread than with two), so both join the stamps they affect.
+    Setting("SHARDS", integer(1, 1024), "1",
+            "processes (one per GPU where there are several) that generation blocks and relaxation parts are "
+            "spread over", ("generate", "sample", "evaluate")),
+    Setting("THREADS", integer(0, 1024), "0", "CPU threads per process (0: the cores divided among SHARDS)",
+            ("generate", "sample", "evaluate")),
     Setting("RESULTS", path(), DERIVED, "make eval-gen: a results folder, CIF zip or CIF folder"),
     Setting("EVAL_OUT", path(required=False), "", "make eval-gen: where its results go (default: next to RESULTS)"),
     Setting("RELAX", flag, "1", "relax generated crystals and place them on the hull (1) or not (0)", ("evaluate",)),

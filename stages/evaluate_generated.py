@@ -21,6 +21,12 @@ When most stability verdicts rest on a hull of elements only, the stability metr
 withheld from metrics.json and metrics_summary.json's metrics (moved under withheld_metrics,
 with the reason). An existing metrics_summary.json is reused only when it was computed from
 the same structures, reference, training set and settings.
+
+The relaxation runs in parts of a fixed size, each written when done under
+OUT/relaxation-parts/ (a rerun after an interruption relaxes only the missing ones);
+--shards N spreads them over N processes of --threads threads each (0: the cores divided
+among them; one GPU each where DEVICE=cuda sees several). The metrics are computed once,
+on every structure, and equal those of one process.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import click
 
 from crygen.cli import say, setting_option, stage
 from crygen.evaluation.folder import SettingsError
+from crygen.evaluation.shards import PART_SIZE, Sharding
 from crygen.fileio import CrygenError, atomic_path, one_line
 from crygen.relaxation import FMAX_DEFAULT, MAX_STEPS_DEFAULT
 
@@ -53,10 +60,22 @@ from crygen.relaxation import FMAX_DEFAULT, MAX_STEPS_DEFAULT
 @click.option("--failure-file", default=None, type=click.Path(path_type=Path),
               help="On failure write the reason here and exit 0 (the pipeline records it and goes on); "
                    "a settings error (a potential mismatch) still fails.")
+@setting_option("SHARDS", "--shards", show_default=True, type=click.IntRange(1))
+@setting_option("THREADS", "--threads", show_default=True, type=click.IntRange(0))
+@click.option("--part-size", default=PART_SIZE, show_default=True, type=click.IntRange(1), hidden=True,
+              help="Structures per relaxation part (they are relaxed, written and shared out part by part).")
+@click.option("--share", default=None, hidden=True, help="k/n: relax this share's parts only, write no results.")
 @stage("evaluate_generated")
 def main(results, reference, training_data, relax, potential, allow_potential_mismatch, fmax, max_steps, device, out,
-         failure_file):
-    args = (results, reference, training_data, relax, potential, allow_potential_mismatch, fmax, max_steps, device, out)
+         failure_file, shards, threads, part_size, share):
+    from crygen.cli import threads_per_process, use_threads
+
+    sharding = Sharding(shards, use_threads(threads_per_process(threads, shards)), part_size)
+    if share:
+        return relax_share_and_say(results, out, potential, device, fmax, max_steps, sharding, share)
+    sharding.command = shard_command(results, potential, fmax, max_steps, sharding)
+    args = (results, reference, training_data, relax, potential, allow_potential_mismatch, fmax, max_steps, device, out,
+            sharding)
     if failure_file is None:
         return evaluate_and_say(*args)
     failure_file.unlink(missing_ok=True)
@@ -68,6 +87,38 @@ def main(results, reference, training_data, relax, potential, allow_potential_mi
         with atomic_path(failure_file) as tmp:
             tmp.write_text(f"{e if isinstance(e, CrygenError) else one_line(e)}\n")
         say(f"evaluate_generated: failed, recorded in {failure_file}: {e}")
+
+
+def shard_command(results: Path, potential: str, fmax: float, max_steps: int, sharding: Sharding):
+    """The command line of relaxation shard ``k`` (this stage with ``--share k/N``), given the
+    evaluation's output folder and the shard's device."""
+    from crygen.shards import stage_command
+
+    def command(k: int, out: Path, device: str) -> list[str]:
+        return stage_command(__file__, [
+            "--results", str(results), "--out", str(out), "--potential", potential, "--fmax", repr(fmax),
+            "--max-steps", str(max_steps), "--device", device, "--shards", str(sharding.shards),
+            "--threads", str(sharding.threads), "--part-size", str(sharding.part_size),
+            "--share", f"{k}/{sharding.shards}"])
+
+    return command
+
+
+def relax_share_and_say(results: Path, out: Path | None, potential: str, device: str, fmax: float, max_steps: int,
+                        sharding: Sharding, share: str) -> None:
+    """A relaxation shard's process (started by the stage itself with SHARDS > 1)."""
+    from crygen.cli import pick_device
+    from crygen.evaluation.shards import relax_share
+    from crygen.settings import Bad
+    from crygen.settings import share as parse_share
+
+    try:
+        k, n = parse_share(share)
+    except Bad as e:
+        raise CrygenError(None, f"--share {share!r}: {e}") from None
+    if out is None:
+        raise CrygenError(None, "--share needs --out (the evaluation's output folder)")
+    relax_share(results, out, potential, pick_device(device), fmax, max_steps, sharding, (k, n))
 
 
 def evaluate_and_say(*args) -> None:

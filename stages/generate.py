@@ -45,10 +45,16 @@ from crygen.fileio import CrygenError, atomic_path, write_json
 @setting_option("DEVICE", "--device", show_default=True)
 @setting_option("CONDITION", "--condition", help="name=value,... of properties the model was fine-tuned on.")
 @setting_option("GUIDANCE", "--guidance", show_default=True, type=float, help="Classifier-free guidance factor.")
+@setting_option("SHARDS", "--shards", show_default=True, type=click.IntRange(1))
+@setting_option("THREADS", "--threads", show_default=True, type=click.IntRange(0))
+@click.option("--blocks", "blocks_dir", default=None, type=click.Path(path_type=Path),
+              help="Folder of finished blocks, read instead of drawn again (default: blocks/ beside --out).")
+@click.option("--share", default=None, hidden=True, help="k/n: draw this share's blocks only, write no results.")
 @stage("generate")
 def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed, trajectories, device, condition,
-         guidance):
-    from crygen.generation import generate
+         guidance, shards, threads, blocks_dir, share):
+    from crygen.cli import threads_per_process, use_threads
+    from crygen.generation import auto_batch_size, generate
     from crygen.mattergen.model_dir import ModelDir
     from crygen.mattergen.properties import model_property_definitions
     from crygen.properties import parse_condition
@@ -69,6 +75,12 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
         raise CrygenError(None, f"GUIDANCE={guidance:g}: must be at least 0")
     device = pick_device(device)
     out = Path(out)
+    blocks_dir = Path(blocks_dir) if blocks_dir else out.parent / "blocks"
+    threads = use_threads(threads_per_process(threads, shards))
+    sampling = dict(device=device, record_trajectories=trajectories, properties=target or None,
+                    guidance=guidance if target else 0.0, log=say, blocks_dir=blocks_dir, threads=threads)
+    if share:
+        return draw_share(model_dir, num_gen, seed, batch_size, share, sampling)
     check_results_folder(out)
     failed = out / "GENERATION_FAILED.txt"
     if model is None:
@@ -76,9 +88,10 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
         config = (finetuned if definitions else base_model).config
         model_dir = ModelDir.write(model_out, config, finetuned, finetuned.info or base_model.info)
     try:
-        result = generate(model_dir, num_gen, seed, device=device, batch_size=batch_size or None,
-                          record_trajectories=trajectories, properties=target or None,
-                          guidance=guidance if target else 0.0, log=say)
+        if shards > 1:  # the block size is fixed here, for every shard
+            batch_size = batch_size or auto_batch_size(num_gen, model_dir.config, device)
+            draw_in_shards(model_dir, num_gen, seed, batch_size, shards, condition, sampling)
+        result = generate(model_dir, num_gen, seed, batch_size=batch_size or None, **sampling)
         # every output is written into a new folder that replaces the results folder in one step:
         # an interrupted or failed run leaves no target that looks finished, nor a mix of two runs
         with atomic_path(out) as new:
@@ -98,6 +111,44 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
     say(f"generate: {samples['written']} structures written of {samples['drawn']} samples drawn "
         f"({samples['failed_sanity_check']} failed the sanity check, {samples['lost_in_failed_batches']} lost in "
         f"failed batches) in {result.seconds:.0f} s (batch {result.batch_size}) -> {out}")
+
+
+def draw_share(model_dir, num_gen: int, seed: int, batch_size: int, share: str, sampling: dict) -> None:
+    """A shard's process: its share of the blocks drawn into the blocks folder, nothing else written."""
+    from crygen.generation import generate
+    from crygen.settings import Bad
+    from crygen.settings import share as parse_share
+
+    try:
+        k, n = parse_share(share)
+    except Bad as e:
+        raise CrygenError(None, f"--share {share!r}: {e}") from None
+    result = generate(model_dir, num_gen, seed, batch_size=batch_size or None, share=(k, n), **sampling)
+    say(f"generate: share {k}/{n}: {len(result.blocks)} blocks, {len(result.structures)} structures "
+        f"-> {sampling['blocks_dir']}")
+
+
+def draw_in_shards(model_dir, num_gen: int, seed: int, batch_size: int, shards: int, condition: str,
+                   sampling: dict) -> None:
+    """SHARDS processes side by side, each drawing its share of the blocks (one GPU each where
+    DEVICE=cuda sees several); the caller then reads every block back."""
+    import os
+
+    from crygen.cli import shard_device
+    from crygen.shards import run_shards, stage_command
+
+    def command(k: int) -> list[str]:
+        args = ["--model", str(model_dir.path), "--out", "-", "--num-gen", str(num_gen), "--batch-size",
+                str(batch_size), "--seed", str(seed), "--device", shard_device(sampling["device"], k),
+                "--threads", str(sampling["threads"]), "--blocks", str(sampling["blocks_dir"]), "--share", f"{k}/{shards}",
+                "--trajectories" if sampling["record_trajectories"] else "--no-trajectories"]
+        if sampling["properties"]:
+            args += ["--condition", condition, "--guidance", str(sampling["guidance"])]
+        return stage_command(__file__, args)
+
+    say(f"generate: drawing blocks of {batch_size} in {shards} processes of {sampling['threads']} thread(s) each")
+    logs = Path(os.environ.get("CRYGEN_LOG_DIR") or sampling["blocks_dir"])
+    run_shards(command, shards, logs, "generate")
 
 
 def check_results_folder(out: Path) -> None:
@@ -125,6 +176,8 @@ def write_results(folder: Path, result, trajectories: bool, settings: dict) -> N
         "sampling_seconds": round(result.seconds, 2),
         "structures_per_minute": round(len(result.structures) / result.seconds * 60 if result.seconds else 0.0, 2),
         **settings,
+        # each block: its number and size, the samples written, its sampling time, where it ran
+        "blocks": {"size": result.batch_size, "count": len(result.blocks), "blocks": result.blocks},
         # a model dir's own sampling settings (crygen_model.json), which change what is drawn
         **({"sampling_overrides": result.sampling_overrides} if result.sampling_overrides else {}),
     })

@@ -224,7 +224,9 @@ def test_a_failure_after_sampling_leaves_the_earlier_result_whole(tmp_path, fast
     assert "generation failed: ValueError: Out of range float" in proc.output
     assert {p.name: p.read_text() for p in out.iterdir() if p.name != "GENERATION_FAILED.txt"} == earlier
     assert "ValueError" in (out / "GENERATION_FAILED.txt").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no temporary folder left
+    # no temporary folder left; the drawn block is kept beside the results, whole, for a rerun
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks", "results"]
+    assert [p.name for p in (tmp_path / "blocks").glob("*/*")] == ["block-000001-of-2.json.gz"]
 
 
 def test_a_folder_holding_other_files_is_not_replaced(tmp_path, fast_base_model):

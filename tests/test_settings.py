@@ -139,6 +139,8 @@ STAGE_OPTIONS = {
     ("validate", "draws"): "DRAWS", ("validate", "seed"): "SEED", ("validate", "device"): "DEVICE",
     ("generate", "batch_size"): "GEN_BATCH", ("generate", "seed"): "SEED", ("generate", "device"): "DEVICE",
     ("generate", "condition"): "CONDITION", ("generate", "guidance"): "GUIDANCE",
+    ("generate", "shards"): "SHARDS", ("generate", "threads"): "THREADS",
+    ("evaluate_generated", "shards"): "SHARDS", ("evaluate_generated", "threads"): "THREADS",
     ("evaluate_generated", "reference"): "REFERENCE", ("evaluate_generated", "relax"): "RELAX",
     ("evaluate_generated", "potential"): "POTENTIAL", ("evaluate_generated", "device"): "DEVICE",
     ("build_reference", "part"): "PART", ("build_reference", "potential"): "POTENTIAL",
@@ -226,7 +228,7 @@ def test_stamps_hold_only_the_settings_their_stage_reads():
     values = settings.normalise({**{s.name: "" for s in settings.SETTINGS}, "DATA": "d", "BASE_MODEL": "b",
                                  "OUT": "o", "EPOCHS": "1", "NUM_GEN": "2", "SEED": "3", "DEVICE": "cpu",
                                  "VAL_FRACTION": "0.1", "MAX_ATOMS": "20", "BATCH_SIZE": "8", "GEN_BATCH": "0",
-                                 "DRAWS": "4", "RESULTS": "r", "RELAX": "1", "POTENTIAL": "chgnet",
+                                 "DRAWS": "4", "SHARDS": "1", "THREADS": "0", "RESULTS": "r", "RELAX": "1", "POTENTIAL": "chgnet",
                                  "REFERENCE": "default", "ALLOW_POTENTIAL_MISMATCH": "0", "BASE_STEPS": "10", "PART": "1/1",
                                  "FINETUNE_MODE": "full", "GUIDANCE": "2.0"})
     raw = {k: str(v) for k, v in values.items()}

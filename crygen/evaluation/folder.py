@@ -11,6 +11,8 @@ evaluation, by content); an existing ``metrics_summary.json`` with the same sett
   per_structure.csv          one row per structure, with what its hull stands on
   relaxed_structures.extxyz  the relaxed structures with their energies (when relaxing)
   metrics_summary.json       written last, with the settings that made it and each file's hash
+  relaxation-parts/<key>/    the relaxation's finished parts (when relaxing; resumable, spread
+                             over SHARDS processes: crygen.evaluation.shards)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from crygen.evaluation.metrics import (STABILITY_THRESHOLD, STRICT_STABILITY_THR
                                        reported)
 from crygen.evaluation.records import (evaluation_settings, generation_info, sample_counts, settings_folder_name,
                                        structures_source, validity_over_samples)
+from crygen.evaluation.shards import Sharding, open_work, relax_all
 from crygen.fileio import CrygenError, atomic_path, sha256_file, write_json
 from crygen.reference import Reference
 
@@ -112,9 +115,10 @@ def is_up_to_date(summary_path: Path, settings: dict[str, Any]) -> bool:
 
 def evaluate_folder(results: Path, reference_spec: str, training_data: Path | None, relax: bool, potential_spec: str,
                     allow_potential_mismatch: bool, fmax: float, max_steps: int, device: str,
-                    out: Path | None) -> FolderEvaluation:
+                    out: Path | None, sharding: Sharding | None = None) -> FolderEvaluation:
     """Evaluate the structures of ``results`` (see the module's docstring); ``device``: for
-    the potential (``auto`` picks one)."""
+    the potential (``auto`` picks one); ``sharding``: how the relaxation is spread
+    (:mod:`crygen.evaluation.shards`; by default in this process, in parts)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     plan = plan_evaluation(results, reference_spec, training_data, relax, potential_spec, allow_potential_mismatch,
                            fmax, max_steps, out)
@@ -127,7 +131,9 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
     reference_info = plan.reference.info()
     training = plan.training_data.structures() if plan.training_data is not None else []
     reference = plan.reference.with_training_set(training)
-    relaxed = _relaxed(structures, potential_spec, device, fmax, max_steps, plan.source) if relax else None
+    relaxed, parts = None, None
+    if relax:
+        relaxed, parts = _relaxed(plan, structures, potential_spec, device, sharding or Sharding())
     evaluated = [r.structure for r in relaxed] if relaxed else structures
     result = evaluate(evaluated, reference, energies=[r.energy for r in relaxed] if relaxed else None,
                       original_structures=structures if relaxed else None,
@@ -138,6 +144,8 @@ def evaluate_folder(results: Path, reference_spec: str, training_data: Path | No
     files = _write_outputs(plan.out, result, relaxed, metrics)
     summary = _summary(plan, structures, result, metrics, additional, withheld, validity, reference_info, len(training))
     summary["outputs"] = {name: sha256_file(plan.out / name) for name in files}
+    if parts is not None:
+        summary["relaxation_parts"] = parts  # which process relaxed each part, where, how long
     write_json(plan.summary_path, summary)
     return FolderEvaluation(plan.out, plan.summary_path, False, len(structures), metrics, withheld,
                             plan.potential_check)
@@ -166,17 +174,24 @@ def _refuse_disordered(source: Path, structures: list, names: list[str]) -> None
                           f"(--no-relax) evaluates them without stability")
 
 
-def _relaxed(structures: list, potential_spec: str, device: str, fmax: float, max_steps: int, source: Path) -> list:
-    """Every structure relaxed with the potential (an error when every relaxation failed)."""
-    from crygen.cli import pick_device, say
-    from crygen.relaxation import load_potential, relax
+def _relaxed(plan: EvaluationPlan, structures: list, potential_spec: str, device: str,
+             sharding: Sharding) -> tuple[list, dict[str, Any]]:
+    """Every structure relaxed with the potential, in parts (:mod:`crygen.evaluation.shards`),
+    and the parts' provenance (an error when every relaxation failed)."""
+    from dataclasses import replace
 
-    model = load_potential(potential_spec, pick_device(device))
-    say(f"evaluate_generated: relaxing {len(structures)} structures with {model.name}")
-    relaxed = relax(structures, model, fmax=fmax, max_steps=max_steps, progress=True)
-    if all(r.error for r in relaxed):
-        raise CrygenError(source, f"every relaxation failed (first: {relaxed[0].error})")
-    return relaxed
+    from crygen.cli import pick_device
+
+    device = pick_device(device)
+    if not sharding.threads:
+        import torch
+
+        sharding = replace(sharding, threads=torch.get_num_threads())
+    settings = plan.settings
+    work = open_work(plan.out, settings["structures_sha256"], settings["potential"], settings["fmax"],
+                     settings["max_steps"], sharding.part_size, sharding.threads, device, len(structures))
+    return relax_all(structures, work, potential_spec, device, settings["fmax"], settings["max_steps"], sharding,
+                     plan.source)
 
 
 def _name_rows(result: Evaluation, names: list[str], relaxed: list | None) -> None:

@@ -1,0 +1,44 @@
+"""Local shards: one job's parts spread over several processes of this machine (SHARDS=N).
+
+Each shard is a child process of the stage, started with the stage's own command line plus
+its share (``--share k/N``); it writes its parts (:mod:`crygen.parts`) and exits, and the
+parent puts the finished parts together. A child's output goes to its own log, since N
+processes writing to one terminal would interleave; a child that fails is named in one line
+with its log, and what the others finished stays on disk for the rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from crygen.fileio import CrygenError
+
+# The parent's stage wrapper logs and times the stage; a child must do neither over its files.
+_PARENT_ONLY = ("CRYGEN_LOG_DIR", "CRYGEN_TIMINGS_DIR")
+
+
+def stage_command(script: str | Path, args: list[str]) -> list[str]:
+    """The command that runs stage ``script`` with ``args`` in this Python."""
+    return [sys.executable, str(script), *args]
+
+
+def run_shards(command: Callable[[int], list[str]], n: int, logs: Path, what: str) -> None:
+    """Run ``command(k)`` for k = 1..n side by side, each logging to ``logs/<what>-shard-k.log``;
+    return when all have ended, or raise a one-line :class:`CrygenError` for the first that failed."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY}
+    running = []
+    for k in range(1, n + 1):
+        log = logs / f"{what}-shard-{k}.log"
+        with open(log, "w") as out:
+            running.append((k, log, subprocess.Popen(command(k), stdout=out, stderr=subprocess.STDOUT, env=env)))
+    failed = [(k, log, proc.wait()) for k, log, proc in running]
+    for k, log, code in failed:
+        if code != 0:
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            raise CrygenError(log, f"{what} shard {k}/{n} failed (exit {code}: {lines[-1] if lines else 'no output'}); "
+                                   "what the shards finished is kept, and a rerun does only what is missing")
