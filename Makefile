@@ -82,7 +82,7 @@ COMMAND_LINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(orig
 # editing a variable, or those files, redoes exactly the stages concerned, and a second
 # identical run does nothing. They are compared here and remade by a rule (a changed one
 # through FORCE), so `make -n` plans truly and writes nothing.
-STAMPED_GOALS := $(filter-out $(NO_STAGE_GOALS) eval-gen reference remote sample,$(MAKECMDGOALS))
+STAMPED_GOALS := $(filter-out $(NO_STAGE_GOALS) eval-gen reference remote remote-share sample,$(MAKECMDGOALS))
 PIPELINE_STAMPS := $(addprefix $(STAMP)/,prepare finetune validate generate evaluate)
 SAMPLE_STAMPS := $(addprefix $(SAMPLE_OUT)/.stamps/,sample evaluate)
 CHECKED_STAMPS := $(if $(STAMPED_GOALS),$(PIPELINE_STAMPS)) $(if $(filter sample,$(MAKECMDGOALS)),$(SAMPLE_STAMPS))
@@ -100,7 +100,7 @@ include docker/docker.mk
 ifndef DOCKER_DISPATCH
 
 .PHONY: help setup pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary \
-        test mattergen-tests bench clean data remote remote-status remote-fetch
+        test mattergen-tests bench clean data remote remote-share remote-status remote-fetch
 
 help: ## this list
 	@echo "crygen targets:"
@@ -277,6 +277,13 @@ remote: export CRYGEN_DEFAULT_RESULTS = $(RESULTS)
 
 remote: | $(LOCAL_SETUP) ## run TARGET on MACHINE (remote/profiles/*.json) via dpdispatcher: WAIT=1 DRY_RUN=1 IMAGE= + any variable
 	$(LOCAL_PY) remote/job.py submit $(if $(call yes,$(WAIT)),--wait) $(if $(call yes,$(DRY_RUN)),--dry-run)
+
+# A task of a sharded remote job (crygen/remote/shards.py runs it): share SHARE=k/N of TARGET's
+# generation blocks (sample) or relaxation parts (eval-gen) into OUT, nothing merged.
+remote-share: | $(SETUP)
+	$(Q)$(if $(filter eval-gen,$(TARGET)),$(PY) stages/evaluate_generated.py --results $(RESULTS) $(EVAL_ARGS) \
+	  --out $(EVAL_OUT),$(PY) stages/generate.py --model $(call shq,$(MODEL)) --out $(SAMPLE_OUT)/results \
+	  --blocks $(SAMPLE_OUT)/blocks $(GEN_ARGS)) --share $(SHARE)
 
 remote-status: | $(LOCAL_SETUP) ## state of a remote job: JOB=<id>
 	$(LOCAL_PY) remote/job.py status

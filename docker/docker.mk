@@ -7,7 +7,8 @@ RUNNER       ?= local
 # used; the venv brings PyPI's torch==2.13.0). Where no registry answers, the default falls
 # back to LOCAL_BASE, a Debian base made here (docker/resolve-base.sh); a BASE_IMAGE given on
 # the command line or in the environment does not.
-CUDA_BASE    := $(shell sed -n 's/^ARG BASE_IMAGE=//p' docker/Dockerfile)
+# (a remote job's copy of the project has no docker/Dockerfile, and builds no image)
+CUDA_BASE    := $(if $(wildcard docker/Dockerfile),$(shell sed -n 's/^ARG BASE_IMAGE=//p' docker/Dockerfile))
 LOCAL_BASE   := localhost/crygen-base:bookworm
 BASE_IMAGE   ?= $(CUDA_BASE)
 BASE_FALLBACK = $(if $(filter file,$(origin BASE_IMAGE)),fallback)

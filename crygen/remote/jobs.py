@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from crygen.fileio import CrygenError, atomic_path, one_line, read_json, write_json
 from crygen.remote import ERRLOG, OUTLOG, PROJECT, RUN_ARCHIVE, RUN_DIR, SCRIPT, TASK_DIR
+from crygen.remote import shards
 from crygen.remote.credentials import Lookup, Redactor
 from crygen.remote.profiles import Profile, build_machine
 from crygen.remote.staging import (Input, job_make_vars, job_script, job_variables, resolve_inputs, stage_task,
@@ -105,11 +106,14 @@ class Dispatcher:
             profile = Profile(record["profile"]["name"], Path(record["profile"]["path"]), record["profile"]["raw"])
             machine_dict, _ = profile.machine_and_resources(job_dir, self.lookup, record.get("image"))
             machine = build_machine(machine_dict, self.redact)
-        task = Task(command=f"bash {SCRIPT}", task_work_path="./", forward_files=record["forward_files"],
-                    backward_files=[RUN_ARCHIVE, OUTLOG, ERRLOG], outlog=OUTLOG, errlog=ERRLOG)
+        sharded = _phase(record) == "shares"  # N tasks beside one copy of the project (crygen/remote/shards.py)
+        tasks = shards.share_tasks(record) if sharded else [
+            Task(command=f"bash {SCRIPT}", task_work_path="./", forward_files=record["forward_files"],
+                 backward_files=[RUN_ARCHIVE, OUTLOG, ERRLOG], outlog=OUTLOG, errlog=ERRLOG)]
         resources = Resources.load_from_dict(record["resources"])
-        submission = Submission(work_base=TASK_DIR, machine=machine, resources=resources, task_list=[task],
-                                forward_common_files=[], backward_common_files=[])
+        submission = Submission(work_base=TASK_DIR, machine=machine, resources=resources, task_list=tasks,
+                                forward_common_files=record["forward_files"] if sharded else [],
+                                backward_common_files=[], continue_on_failure=sharded)
         submission.generate_jobs()  # the hash dpdispatcher keeps its state under includes the jobs
         return submission
 
@@ -128,12 +132,16 @@ class Dispatcher:
         cache = settings["input_cache"]
         inputs = resolve_inputs(variables, settings, _cache_probe(machine, cache) if machine else (lambda d: False))
         make_vars = job_make_vars(target, variables, inputs, settings)
+        sharding = shards.plan(target, variables, resources)
+        if sharding:
+            make_vars = shards.fixed_make_vars(make_vars, sharding, sharding["count"])
         record = {
             "job_id": job_id, "target": target, "machine": profile.name,
             "profile": {"name": profile.name, "path": str(profile.path), "raw": profile.raw},
             "image": image, "variables": variables, "make_vars": make_vars,
             "inputs": [vars(i) for i in inputs], "resources": resources,
-            "check_interval": settings["check_interval"],
+            "check_interval": settings["check_interval"], "input_cache": cache,
+            **({"shards": sharding} if sharding else {}),
             "submitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "dry_run": dry_run,
         }
@@ -155,9 +163,13 @@ class Dispatcher:
             task = staging / TASK_DIR
             task.mkdir(parents=True)
             stage_task(task, inputs)
-            (task / SCRIPT).write_text(job_script(record["job_id"], record["target"], record["make_vars"], inputs, cache))
+            if record.get("shards"):
+                shards.stage_shares(task, record, inputs, cache)
+            else:
+                (task / SCRIPT).write_text(job_script(record["job_id"], record["target"], record["make_vars"], inputs,
+                                                      cache))
             record["manifest"] = write_manifest(task, inputs)
-            record["forward_files"] = sorted(p.name for p in task.iterdir())
+            record["forward_files"] = sorted(p.name for p in task.iterdir() if not p.name.startswith("share-"))
             if dry_run_machine is not None:
                 self._describe_dry_run(record, dry_run_machine, staging)
             write_json(staging / "job.json", record)
@@ -166,7 +178,8 @@ class Dispatcher:
         """What would be submitted, as dpdispatcher itself checks and builds it, offline."""
         machine = build_machine(machine_dict, self.redact)  # Bohrium's clients log in on first use, not here
         with contextlib.chdir(staging):
-            job = self.build_submission(record, staging, machine).belonging_jobs[0]
+            submission = self.build_submission(record, staging, machine)
+            job = submission.belonging_jobs[0]
             record["dry_run_description"] = {
                 "machine": machine.serialize(),
                 "task": {"command": job.job_task_list[0].command, "forward_files": record["forward_files"],
@@ -174,6 +187,8 @@ class Dispatcher:
                 "script": machine.gen_script(job),
                 "task_script": machine.gen_script_command(job),
             }
+            if record.get("shards"):
+                record["dry_run_description"]["tasks"] = shards.describe(record, submission)
 
     def _send(self, job_dir: Path, record: dict, machine) -> None:
         with self.logging_to(job_dir):
@@ -209,7 +224,7 @@ class Dispatcher:
         submission = submission or self.recover(job_dir, record)
         submission.update_submission_state()
         try:
-            submission.handle_unexpected_submission_state()
+            submission.handle_unexpected_submission_state(continue_on_failure=submission.continue_on_failure)
         except RuntimeError as e:
             raise self.failure(job_dir, submission, e) from None
         submission.submission_to_json()
@@ -221,8 +236,12 @@ class Dispatcher:
             echo(f"job {job_id}: finished, fetched into {job_dir / RUN_DIR}")
             return "fetched"
         with self.logging_to(job_dir):
-            _, state = self.poll(job_dir, record)
-        echo(f"job {job_id} on {record['machine']}: {state}")
+            submission, state = self.poll(job_dir, record)
+        phase = f" ({_phase(record)} of {record['shards']['count']} shares)" if record.get("shards") else ""
+        echo(f"job {job_id} on {record['machine']}{phase}: {state}")
+        if _phase(record) == "shares":
+            for line in shards.status_lines(record, submission):
+                echo(line)
         return state
 
     def fetch(self, job_id: str, wait: bool = False, echo: Callable[[str], None] = print) -> Path:
@@ -230,6 +249,8 @@ class Dispatcher:
         job_dir, record = self.store.load(job_id)
         if (job_dir / RUN_DIR).is_dir():
             return job_dir / RUN_DIR
+        if _phase(record) == "shares":
+            self._merge_shares(job_id, job_dir, record, wait, echo)
         with self.logging_to(job_dir):
             submission = self._wait(job_id, job_dir, record, wait, echo)
             try:
@@ -247,6 +268,19 @@ class Dispatcher:
         shutil.rmtree(task)
         echo(f"job {job_id}: results in {run}")
         return run
+
+    def _merge_shares(self, job_id: str, job_dir: Path, record: dict, wait: bool, echo: Callable[[str], None]) -> None:
+        """Every task finished (or failed for good, named in the error): what came back goes to
+        the merge task, submitted as the job's second submission (crygen/remote/shards.py)."""
+        with self.logging_to(job_dir):
+            if record["shards"].get("failed") is None:
+                submission = self._wait(job_id, job_dir, record, wait, echo)
+                failed = shards.collect(job_dir, record, submission)
+                if failed:
+                    raise shards.failed_error(job_dir, record, failed)
+        shards.stage_merge(job_dir, record)  # in the submitting folder, where relative inputs lie
+        self._send(job_dir, record, None)
+        echo(f"job {job_id}: {record['shards']['count']} shares collected; merge task submitted")
 
     def _wait(self, job_id: str, job_dir: Path, record: dict, wait: bool, echo: Callable[[str], None]):
         """The finished submission; an unfinished one waits if asked, else is an error."""
@@ -286,8 +320,12 @@ def _cache_probe(machine, cache: str | None) -> Callable[[str], bool]:
     raise CrygenError(None, f"crygen.input_cache works with local and SSH contexts, not {kind}")
 
 
+def _phase(record: dict) -> str | None:
+    return record.get("shards", {}).get("phase")
+
+
 def _state(submission) -> str:
-    return ",".join(sorted({job.job_state.name for job in submission.belonging_jobs}))
+    return ",".join(sorted({shards.state_name(job) for job in submission.belonging_jobs}))
 
 
 def extract_run(archive: Path, job_dir: Path) -> Path:

@@ -158,11 +158,17 @@ def make_quote(value: str) -> str:
     return shlex.quote(value.replace("$", "$$"))
 
 
-def job_script(job_id: str, target: str, make_vars: dict[str, str], inputs: list[Input], cache: str | None) -> str:
+def job_script(job_id: str, target: str, make_vars: dict[str, str], inputs: list[Input], cache: str | None,
+               task_dir: str | None = None, carried: str | None = None) -> str:
+    """The job's script; with ``task_dir`` (a task of a sharded job, run in that folder) make runs
+    in the project copy above it and the task's run folder, ``task_dir/run``, is packed there.
+    ``carried``: a folder under ``shares/`` copied into the run folder first (a merge task's
+    blocks or parts; a forwarded folder may arrive as a link, and ``run/`` must be the job's own)."""
     lines = [
         "#!/usr/bin/env bash",
         f"# crygen job {job_id}: `make {target}` in this copy of the project, then its run folder packed.",
         "set -euo pipefail",
+        *(["cd .."] if task_dir else []),
         "sha256sum --quiet --strict -c MANIFEST.sha256",
     ]
     uploads = {i.remote_value: i for i in inputs if i.how == "upload"}.values()
@@ -174,8 +180,11 @@ def job_script(job_id: str, target: str, make_vars: dict[str, str], inputs: list
             lines.append(f"if [ ! -e {shlex.quote(slot + '/.complete')} ]; then tmp=$(mktemp -d {shlex.quote(slot)}.XXXXXX); "
                          f"cp -a {shlex.quote(item.remote_value)} \"$tmp/\" && touch \"$tmp/.complete\" && "
                          f"{{ mv -T \"$tmp\" {shlex.quote(slot)} 2>/dev/null || rm -rf \"$tmp\"; }}; fi")
+    if carried:
+        lines.append(f"mkdir -p {RUN_DIR}/{carried} && cp -RL shares/{carried}/. {RUN_DIR}/{carried}/")
     command = " ".join(["make", shlex.quote(target)] + [make_quote(f"{k}={v}") for k, v in make_vars.items()])
     lines += [f"status=0; {command} || status=$?",
-              f"if [ -d {RUN_DIR} ]; then tar -czf {RUN_ARCHIVE} {RUN_DIR}; fi",
+              (f"if [ -d {task_dir}/{RUN_DIR} ]; then tar -czf {task_dir}/{RUN_ARCHIVE} -C {task_dir} {RUN_DIR}; fi"
+               if task_dir else f"if [ -d {RUN_DIR} ]; then tar -czf {RUN_ARCHIVE} {RUN_DIR}; fi"),
               'exit "$status"']
     return "\n".join(lines) + "\n"
