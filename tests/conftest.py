@@ -15,8 +15,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 
 from tests.helpers import (BASE_MODEL, DEMO_DATA, PROPS, RANDOM_WEIGHTS_START_TIME, SAMPLEABLE_CELL_SCORE_SCALE,
-                           SAMPLING_STEPS, demo_subset, published_model_dir, run_stage, with_diffusion_steps,
-                           write_property_csv)
+                           SAMPLING_STEPS, Daemons, demo_subset, published_model_dir, require_programs, run_stage,
+                           with_diffusion_steps, write_property_csv)
 
 TINY_DIFFUSION_STEPS = 10  # sampler N must equal it; keeps sampling tests to seconds
 
@@ -132,3 +132,14 @@ def default_reference():
 
     return load_reference("default")[0]
 
+
+@pytest.fixture(scope="session")
+def daemons(tmp_path_factory):
+    """An sshd and a one-node Slurm on loopback (the remote tests' cluster), started once."""
+    require_programs("sshd", "ssh-keygen", "munged", "mungekey", "slurmctld", "slurmd", "sinfo", "sbatch")
+    d = Daemons(tmp_path_factory.mktemp("daemons"))
+    try:
+        conf = d.start_slurm()
+        yield d, d.start_sshd(slurm_conf=conf)
+    finally:
+        d.stop()

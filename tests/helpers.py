@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,3 +388,47 @@ def counting_torch_load(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(torch, "load", counting)
     return calls
+
+
+# ---------------------------------------------------------------- make remote, as the remote tests drive it
+# Fake credentials, made per run (so that no source file travelling with a job holds them):
+# the tests look for them in every file under the job folders and in every output.
+FAKE_SECRETS = {"BOHRIUM_PASSWORD": f"pw-{uuid.uuid4().hex}", "BOHRIUM_ACCESS_KEY": f"ak-{uuid.uuid4().hex}"}
+FAKE_ACCOUNT = {"BOHRIUM_EMAIL": "crygen-test@example.org", "BOHRIUM_PROGRAM_ID": "12345", "BOHRIUM_PROJECT_ID": "12345"}
+IMAGE = "registry.example.org/crygen/crygen:test"
+
+
+def make_remote(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """`make <args>` in the project, with this test's own job and scratch folders."""
+    base = {k: v for k, v in os.environ.items() if k not in FAKE_SECRETS}
+    full_env = {**base, "CRYGEN_REMOTE_JOBS": str(tmp_path / "jobs"), "CRYGEN_SCRATCH": str(tmp_path / "scratch"),
+                **(env or {})}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def only_job(tmp_path: Path) -> tuple[Path, dict]:
+    jobs = sorted((tmp_path / "jobs").iterdir())
+    assert len(jobs) >= 1, "no job folder written"
+    return jobs[-1], json.loads((jobs[-1] / "job.json").read_text())
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def assert_no_secret(tmp_path: Path, *outputs: str) -> None:
+    leaks = []
+    for path in [*(tmp_path / "jobs").rglob("*"), *(tmp_path / "scratch").rglob("*")]:
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            leaks += [f"{path}: {name}" for name, value in FAKE_SECRETS.items() if value.encode() in data]
+    leaks += [f"output: {name}" for name, value in FAKE_SECRETS.items() for out in outputs if value in out]
+    assert not leaks, leaks
+
+
+def ssh_env(ssh: dict, root: Path) -> dict:
+    return {"CRYGEN_SSH_HOST": ssh["host"], "CRYGEN_SSH_PORT": str(ssh["port"]), "CRYGEN_SSH_USER": ssh["user"],
+            "CRYGEN_SSH_KEY": ssh["key"], "CRYGEN_REMOTE_ROOT": str(root), "CRYGEN_REMOTE_VENV": str(ROOT / ".venv"),
+            "CRYGEN_SLURM_PARTITION": "debug", "CRYGEN_SLURM_CPUS": "1", "CRYGEN_SLURM_GPUS": "0",
+            "CRYGEN_CHECK_INTERVAL": "2"}

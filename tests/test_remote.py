@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,42 +18,8 @@ from crygen.remote.credentials import Lookup, Redactor, read_credentials
 from crygen.remote.jobs import extract_run
 from crygen.remote.profiles import SECRET_KEYS, Profile
 from crygen.remote.staging import PATH_VARS, job_script, job_variables, resolve_inputs
-from tests.helpers import NACL_CIF, ROOT, Daemons, demo_subset, require_programs
-
-# Fake credentials, made per run (so that no source file travelling with a job holds them):
-# the tests look for them in every file under the job folders and in every output.
-FAKE_SECRETS = {"BOHRIUM_PASSWORD": f"pw-{uuid.uuid4().hex}", "BOHRIUM_ACCESS_KEY": f"ak-{uuid.uuid4().hex}"}
-FAKE_ACCOUNT = {"BOHRIUM_EMAIL": "crygen-test@example.org", "BOHRIUM_PROGRAM_ID": "12345", "BOHRIUM_PROJECT_ID": "12345"}
-IMAGE = "registry.example.org/crygen/crygen:test"
-
-
-def make_remote(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
-    """`make <args>` in the project, with this test's own job and scratch folders."""
-    base = {k: v for k, v in os.environ.items() if k not in FAKE_SECRETS}
-    full_env = {**base, "CRYGEN_REMOTE_JOBS": str(tmp_path / "jobs"), "CRYGEN_SCRATCH": str(tmp_path / "scratch"),
-                **(env or {})}
-    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
-
-
-def only_job(tmp_path: Path) -> tuple[Path, dict]:
-    jobs = sorted((tmp_path / "jobs").iterdir())
-    assert len(jobs) >= 1, "no job folder written"
-    return jobs[-1], json.loads((jobs[-1] / "job.json").read_text())
-
-
-def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-
-def assert_no_secret(tmp_path: Path, *outputs: str) -> None:
-    leaks = []
-    for path in [*(tmp_path / "jobs").rglob("*"), *(tmp_path / "scratch").rglob("*")]:
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            leaks += [f"{path}: {name}" for name, value in FAKE_SECRETS.items() if value.encode() in data]
-    leaks += [f"output: {name}" for name, value in FAKE_SECRETS.items() for out in outputs if value in out]
-    assert not leaks, leaks
+from tests.helpers import (FAKE_ACCOUNT, FAKE_SECRETS, IMAGE, NACL_CIF, ROOT, assert_no_secret, assert_ok, demo_subset,
+                           make_remote, only_job, ssh_env)
 
 
 # ---------------------------------------------------------------- profiles, credentials, quoting
@@ -288,22 +252,6 @@ def test_a_failed_job_shows_its_error_and_exits_non_zero(tmp_path):
 
 
 # ---------------------------------------------------------------- SSH and Slurm on loopback
-@pytest.fixture(scope="module")
-def daemons(tmp_path_factory):
-    require_programs("sshd", "ssh-keygen", "munged", "mungekey", "slurmctld", "slurmd", "sinfo", "sbatch")
-    d = Daemons(tmp_path_factory.mktemp("daemons"))
-    try:
-        conf = d.start_slurm()
-        yield d, d.start_sshd(slurm_conf=conf)
-    finally:
-        d.stop()
-
-
-def ssh_env(ssh: dict, root: Path) -> dict:
-    return {"CRYGEN_SSH_HOST": ssh["host"], "CRYGEN_SSH_PORT": str(ssh["port"]), "CRYGEN_SSH_USER": ssh["user"],
-            "CRYGEN_SSH_KEY": ssh["key"], "CRYGEN_REMOTE_ROOT": str(root), "CRYGEN_REMOTE_VENV": str(ROOT / ".venv"),
-            "CRYGEN_SLURM_PARTITION": "debug", "CRYGEN_SLURM_CPUS": "1", "CRYGEN_SLURM_GPUS": "0",
-            "CRYGEN_CHECK_INTERVAL": "2"}
 
 
 def test_ssh_shell_uploads_an_input_once(daemons, tmp_path):
@@ -379,3 +327,4 @@ def test_a_reference_build_share_travels_as_a_job(tmp_path):
     plan = subprocess.run(["make", "-C", str(ROOT), "-n", "reference", "OUT=run", "PART=2/4"],
                           capture_output=True, text=True, check=True).stdout
     assert "--work run/reference-build --part 2/4" in plan
+
