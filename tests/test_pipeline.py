@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import zipfile
 
 import ase.io
 import pytest
 
-from tests.helpers import ROOT, error_line, make, run_stage
+from tests.helpers import error_line, make, run_stage
 
 pytestmark = pytest.mark.slow
 STAGES = ("prepare_data", "finetune", "validate", "generate", "evaluate_generated", "summarize")

@@ -3,11 +3,6 @@ test_reference_build.py)."""
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
-import pytest
-
 from tests.helpers import demo_subset, run_stage
 
 

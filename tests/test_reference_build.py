@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, demo_subset, error_line, run_stage
+from tests.helpers import demo_subset, error_line, run_stage
 
 
 def _recipe():

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from crygen import settings
-from tests.helpers import NACL_CIF, ROOT, cif, error_line, make, run_stage, subprocess_env
+from tests.helpers import NACL_CIF, ROOT, cif, error_line, make, subprocess_env
 
 
 @pytest.mark.parametrize("assignment, problem", [
