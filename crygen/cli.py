@@ -150,11 +150,17 @@ def threads_per_process(threads: int, shards: int) -> int:
 
 
 def use_threads(threads: int) -> int:
-    """Run torch (and the BLAS under it) on ``threads`` threads in this process; returns it.
-    What MatterGen's sampler draws depends on it, so it is recorded with every block and part."""
+    """Run torch, and the BLAS and OpenMP pools loaded in this process, on ``threads`` threads;
+    returns it. What MatterGen's sampler draws depends on it, so it is recorded with every block
+    and part. The pools matter as much as torch: OpenBLAS's spare threads spin between calls,
+    and a one-process relaxation on one torch thread ran 1.6x faster with them limited
+    (a shard's process gets them limited from its start: crygen.shards.POOL_VARIABLES)."""
+    import numpy  # noqa: F401  (its BLAS loaded, so that the limit reaches it)
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)  # for the rest of the process, not a scope
     return threads
 
 

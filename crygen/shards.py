@@ -26,11 +26,20 @@ def stage_command(script: str | Path, args: list[str]) -> list[str]:
     return [sys.executable, str(script), *args]
 
 
-def run_shards(command: Callable[[int], list[str]], n: int, logs: Path, what: str) -> None:
-    """Run ``command(k)`` for k = 1..n side by side, each logging to ``logs/<what>-shard-k.log``;
-    return when all have ended, or raise a one-line :class:`CrygenError` for the first that failed."""
+# Thread pools a child sizes from its environment as its libraries load. Limited at run time
+# instead (crygen.cli.use_threads), two shards on two cores still ran each relaxation part
+# 1.4-5x slower than one process did; from the start they ran side by side at full speed
+# (benchmarks/bench_shards.py).
+POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def run_shards(command: Callable[[int], list[str]], n: int, logs: Path, what: str, threads: int) -> None:
+    """Run ``command(k)`` for k = 1..n side by side, each on ``threads`` threads and logging to
+    ``logs/<what>-shard-k.log``; return when all have ended, or raise a one-line
+    :class:`CrygenError` for the first that failed."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY}
+    env.update({name: str(threads) for name in POOL_VARIABLES})
     running = []
     for k in range(1, n + 1):
         log = logs / f"{what}-shard-{k}.log"

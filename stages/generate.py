@@ -148,7 +148,7 @@ def draw_in_shards(model_dir, num_gen: int, seed: int, batch_size: int, shards: 
 
     say(f"generate: drawing blocks of {batch_size} in {shards} processes of {sampling['threads']} thread(s) each")
     logs = Path(os.environ.get("CRYGEN_LOG_DIR") or sampling["blocks_dir"])
-    run_shards(command, shards, logs, "generate")
+    run_shards(command, shards, logs, "generate", sampling["threads"])
 
 
 def check_results_folder(out: Path) -> None:

@@ -114,8 +114,21 @@ def test_a_failing_shard_is_named_in_one_line_and_the_others_finish(tmp_path):
         return [sys.executable, "-c", f"open({str(done)!r}, 'w').write('1')"]
 
     with pytest.raises(CrygenError) as caught:
-        run_shards(command, 3, tmp_path / "logs", "generate")
+        run_shards(command, 3, tmp_path / "logs", "generate", 1)
     message = str(caught.value)
     assert "\n" not in message and "generate shard 2/3 failed (exit 1: shard two broke)" in message
     assert str(tmp_path / "logs" / "generate-shard-2.log") in message
     assert done.read_text() == "1"  # the other shards ran to the end
+
+
+@pytest.mark.parametrize("gpus, expected", [(0, ["cuda"] * 3), (1, ["cuda"] * 3), (2, ["cuda:0", "cuda:1", "cuda:0"])])
+def test_shards_take_the_visible_gpus_in_turn(monkeypatch, gpus, expected):
+    """DEVICE=cuda with SHARDS=3: one process per GPU in turn where there are several, else the
+    device as given (the GPU runs of a shard: tests/test_cuda.py, on a machine that has one)."""
+    import torch
+
+    from crygen.cli import shard_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert [shard_device("cuda", k) for k in (1, 2, 3)] == expected
+    assert shard_device("cpu", 2) == "cpu"

@@ -176,7 +176,8 @@ def _run_children(work: RelaxationWork, sharding: Sharding, device: str) -> None
         raise ValueError("sharded relaxation without a shard command")
     out = work.store.folder.parents[1]
     logs = Path(os.environ.get("CRYGEN_LOG_DIR") or work.store.folder)
-    run_shards(lambda k: sharding.command(k, out, shard_device(device, k)), sharding.shards, logs, "relaxation")
+    run_shards(lambda k: sharding.command(k, out, shard_device(device, k)), sharding.shards, logs, "relaxation",
+               sharding.threads)
 
 
 def relax_share(results: Path, out: Path, potential_spec: str, device: str, fmax: float, max_steps: int,
