@@ -87,9 +87,9 @@ def test_local_shell_sharded_sample_equals_an_unsharded_one(tmp_path, fast_base_
 
 def test_a_task_failing_for_good_is_named_and_the_merge_draws_only_its_blocks(tmp_path, monkeypatch, fast_base_model,
                                                                                 unsharded):
-    """Share 2's task is given a model that is not there (the local profile retries nothing): the
-    fetch names it in one line and keeps share 1's blocks; fetching again merges, the merge task
-    drawing only share 2's block, and the crystals are those of an unsharded run."""
+    """Share 2's task is given a model that is not there: it is retried once (the profile's
+    retry_count), then the fetch names it in one line and keeps share 1's blocks; fetching again
+    merges, the merge task drawing only share 2's block, and the crystals are an unsharded run's."""
     real = shards.share_make_vars
     monkeypatch.setattr(shards, "share_make_vars", lambda record, k: {
         **real(record, k), **({"MODEL": str(tmp_path / "no-such-model")} if k == 2 else {})})
@@ -97,13 +97,17 @@ def test_a_task_failing_for_good_is_named_and_the_merge_draws_only_its_blocks(tm
     monkeypatch.setenv("CRYGEN_SCRATCH", str(tmp_path / "scratch"))
     dispatcher = Dispatcher.from_environment()
     given = {"SHARDS": "2", "MODEL": str(fast_base_model), **dict(v.split("=") for v in SAMPLE)}
-    job_dir = dispatcher.submit("local", "sample", given, {}, echo=lambda line: None)
+    profile = json.loads((PROFILES / "local.json").read_text())
+    profile["machine"]["retry_count"] = 1
+    (tmp_path / "retry-once.json").write_text(json.dumps(profile))
+    job_dir = dispatcher.submit(str(tmp_path / "retry-once.json"), "sample", given, {}, echo=lambda line: None)
     with pytest.raises(CrygenError) as failed:
         dispatcher.fetch(job_dir.name, wait=True, echo=lambda line: None)
     message = str(failed.value)
     assert "task(s) 2/2 of job" in message and "failed for good" in message and "\n" not in message
     record = json.loads((job_dir / "job.json").read_text())
-    assert [(t["share"], t["state"]) for t in record["shards"]["tasks"]] == [("1/2", "finished"), ("2/2", "failed")]
+    assert [(t["share"], t["state"], t["fail_count"]) for t in record["shards"]["tasks"]] == \
+        [("1/2", "finished", 0), ("2/2", "failed", 2)]
     kept = list((job_dir / "shares" / "share-1" / "run" / "blocks").rglob("block-*"))
     assert len(kept) == 1 and not (job_dir / "shares" / "share-2").exists()
 
