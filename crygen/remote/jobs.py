@@ -25,8 +25,8 @@ from crygen.remote import ERRLOG, OUTLOG, PROJECT, RUN_ARCHIVE, RUN_DIR, SCRIPT,
 from crygen.remote import shards
 from crygen.remote.credentials import Lookup, Redactor
 from crygen.remote.profiles import Profile, build_machine
-from crygen.remote.staging import (Input, job_make_vars, job_script, job_variables, resolve_inputs, stage_task,
-                                  write_manifest)
+from crygen.remote.staging import (Input, job_make_vars, job_script, job_task, job_variables, resolve_inputs,
+                                  stage_task, write_manifest)
 
 
 @dataclass(frozen=True)
@@ -100,16 +100,14 @@ class Dispatcher:
 
     def build_submission(self, record: dict, job_dir: Path, machine=None):
         """The job's dpdispatcher Submission, the same (same hash) every time it is rebuilt."""
-        from dpdispatcher import Resources, Submission, Task
+        from dpdispatcher import Resources, Submission
 
         if machine is None:
             profile = Profile(record["profile"]["name"], Path(record["profile"]["path"]), record["profile"]["raw"])
             machine_dict, _ = profile.machine_and_resources(job_dir, self.lookup, record.get("image"))
             machine = build_machine(machine_dict, self.redact)
         sharded = _phase(record) == "shares"  # N tasks beside one copy of the project (crygen/remote/shards.py)
-        tasks = shards.share_tasks(record) if sharded else [
-            Task(command=f"bash {SCRIPT}", task_work_path="./", forward_files=record["forward_files"],
-                 backward_files=[RUN_ARCHIVE, OUTLOG, ERRLOG], outlog=OUTLOG, errlog=ERRLOG)]
+        tasks = shards.share_tasks(record) if sharded else [job_task("./", record["forward_files"])]
         resources = Resources.load_from_dict(record["resources"])
         submission = Submission(work_base=TASK_DIR, machine=machine, resources=resources, task_list=tasks,
                                 forward_common_files=record["forward_files"] if sharded else [],

@@ -22,8 +22,8 @@ import shutil
 from pathlib import Path
 
 from crygen.fileio import CrygenError, write_json
-from crygen.remote import ERRLOG, OUTLOG, RUN_ARCHIVE, RUN_DIR, SCRIPT, TASK_DIR
-from crygen.remote.staging import Input, job_script, stage_task, write_manifest
+from crygen.remote import RUN_ARCHIVE, RUN_DIR, SCRIPT, TASK_DIR
+from crygen.remote.staging import Input, job_script, job_task, stage_task, write_manifest
 
 # what a share leaves under its run folder, by target: the merge task's run folder gets them all
 CARRIED = {"sample": "blocks", "eval-gen": "eval-gen/relaxation-parts"}
@@ -76,11 +76,7 @@ def stage_shares(task: Path, record: dict, inputs: list[Input], cache: str | Non
 
 
 def share_tasks(record: dict) -> list:
-    from dpdispatcher import Task
-
-    return [Task(command=f"bash {SCRIPT}", task_work_path=f"{t['work_path']}/", forward_files=[SCRIPT],
-                 backward_files=[RUN_ARCHIVE, OUTLOG, ERRLOG], outlog=OUTLOG, errlog=ERRLOG)
-            for t in record["shards"]["tasks"]]
+    return [job_task(f"{t['work_path']}/", [SCRIPT]) for t in record["shards"]["tasks"]]
 
 
 def describe(record: dict, submission) -> list[dict]:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from crygen.fileio import CrygenError, sha256_file, sha256_files, sha256_tree
 from crygen.mattergen.published import PUBLISHED_MODELS
-from crygen.remote import PROJECT, RUN_ARCHIVE, RUN_DIR
+from crygen.remote import ERRLOG, OUTLOG, PROJECT, RUN_ARCHIVE, RUN_DIR, SCRIPT
 from crygen.remote.credentials import NAME
 from crygen.settings import SECRET_NAME, credentials_file, path_settings
 
@@ -137,6 +137,15 @@ def stage_task(task: Path, inputs: list[Input]) -> None:
         if item.how == "upload" and item.remote_value not in uploaded:
             _copy_tree(Path(item.value).expanduser(), task / item.remote_value, link=True)
             uploaded.add(item.remote_value)
+
+
+def job_task(work_path: str, forward_files: list[str]):
+    """dpdispatcher's Task for a job script in ``work_path``: it runs the script and brings back
+    the packed run folder and make's logs."""
+    from dpdispatcher import Task
+
+    return Task(command=f"bash {SCRIPT}", task_work_path=work_path, forward_files=forward_files,
+                backward_files=[RUN_ARCHIVE, OUTLOG, ERRLOG], outlog=OUTLOG, errlog=ERRLOG)
 
 
 def write_manifest(task: Path, inputs: list[Input]) -> dict[str, str]:
