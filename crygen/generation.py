@@ -12,10 +12,8 @@ model makes, and ``GenerationResult.samples()`` says what became of every drawn 
 
 from __future__ import annotations
 
-import io
 import math
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from crygen.mattergen.files import SAMPLING_CONFIG_DIR
 from crygen.mattergen.model_dir import ModelDir
 from crygen.mattergen.num_atoms import register_num_atoms_distribution
 from crygen.parts import in_share
+from crygen.trajectories import from_sampler_frames
 
 TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
 CPU_MAX_BATCH = 256  # beyond this a CPU gains no throughput
@@ -43,7 +42,7 @@ CPU_BATCH_MEMORY_MB = 1024
 @dataclass
 class GenerationResult:
     structures: list = field(default_factory=list)
-    trajectories: list = field(default_factory=list)  # per structure: list of pymatgen Structures
+    trajectories: list = field(default_factory=list)  # per structure: a crygen.trajectories.Trajectory
     batch_size: int = 0
     batches_run: int = 0  # draws of a batch, retries included
     drawn: int = 0  # samples the sampler started on, counted as each batch is drawn
@@ -403,27 +402,10 @@ def _run_sampler(run: Sampling, conditioning, mask, record_trajectories: bool):
 
 def _keep_sane(result: GenerationResult, structures: list, records) -> None:
     """The samples that pass :func:`_is_sane` (and their trajectories) into ``result``; the others counted."""
-    from mattergen.generator import structures_from_trajectory
-
     keep = [i for i, s in enumerate(structures) if _is_sane(s)]
     result.failed_sanity_check += len(structures) - len(keep)
     result.structures.extend(structures[i] for i in keep)
     if records is not None:
         step = max(1, len(records) // TRAJECTORY_FRAMES)
         frames = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
-        per_frame = [structures_from_trajectory([f]) for f in frames]
-        result.trajectories.extend([frame[i] for frame in per_frame] for i in keep)
-
-
-def write_trajectories(trajectories: list, path: Path) -> None:
-    import ase.io
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from crygen.fileio import atomic_path
-
-    with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for i, traj in enumerate(trajectories):
-                buf = io.StringIO()
-                ase.io.write(buf, [AseAtomsAdaptor.get_atoms(s) for s in traj], format="extxyz")
-                zf.writestr(f"gen_{i}.extxyz", buf.getvalue())
+        result.trajectories.extend(from_sampler_frames(frames, keep))

@@ -25,7 +25,7 @@ from crygen.cli import device_kind
 from crygen.fileio import sha256_file
 from crygen.parts import PartStore, settings_key
 
-BLOCK_FORMAT = 1
+BLOCK_FORMAT = 2  # 2: trajectories as packed arrays (crygen.trajectories), not pymatgen dicts
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,12 @@ def open_blocks(folder: Path, checkpoint: Path, overrides: list, seed: int, bloc
 
 def block_record(part: Any, block: int, size: int, seeds: list[int], device: str, threads: int) -> dict[str, Any]:
     """A finished block (a :class:`crygen.generation.GenerationResult` of that block alone) as JSON:
-    structures as pymatgen dicts (floats exact), every sample's fate, where and how it ran."""
+    structures as pymatgen dicts and trajectories as packed arrays (floats exact), every
+    sample's fate, where and how it ran."""
     return {
         "format": BLOCK_FORMAT, "block": block, "size": size, "seeds": seeds,
         "structures": [s.as_dict() for s in part.structures],
-        "trajectories": [[s.as_dict() for s in t] for t in part.trajectories],
+        "trajectories": [t.record() for t in part.trajectories],
         "drawn": part.drawn, "batches_run": part.batches_run, "failed_sanity_check": part.failed_sanity_check,
         "failed_batches": part.failed_batches, "seconds": round(part.seconds, 3),
         "ran_on": {"host": platform.node(), "pid": os.getpid(), "device": device, "threads": threads},
@@ -76,8 +77,10 @@ def add_block(result: Any, record: dict[str, Any]) -> None:
     """Block ``record`` (:func:`block_record`) added to ``result``, as if drawn into it."""
     from pymatgen.core import Structure
 
+    from crygen.trajectories import Trajectory
+
     result.structures.extend(Structure.from_dict(d) for d in record["structures"])
-    result.trajectories.extend([Structure.from_dict(d) for d in t] for t in record["trajectories"])
+    result.trajectories.extend(Trajectory.from_record(t) for t in record["trajectories"])
     result.drawn += record["drawn"]
     result.batches_run += record["batches_run"]
     result.failed_sanity_check += record["failed_sanity_check"]

@@ -160,8 +160,9 @@ def check_results_folder(out: Path) -> None:
 
 
 def write_results(folder: Path, result, trajectories: bool, settings: dict) -> None:
-    from crygen.generation import SANITY_CHECK, write_trajectories
+    from crygen.generation import SANITY_CHECK
     from crygen.structures import write_structures
+    from crygen.trajectories import write_trajectories
 
     if trajectories:
         write_trajectories(result.trajectories, folder / "generated_trajectories.zip")
