@@ -12,6 +12,7 @@ model makes, and ``GenerationResult.samples()`` says what became of every drawn 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from crygen.mattergen.configs import sampling_overrides
 from crygen.mattergen.files import SAMPLING_CONFIG_DIR
 from crygen.mattergen.model_dir import ModelDir
 from crygen.mattergen.num_atoms import register_num_atoms_distribution
-from crygen.parts import in_share
+from crygen.parts import Claims, share_of
 from crygen.trajectories import from_sampler_frames
 
 TRAJECTORY_FRAMES = 50  # frames kept per trajectory (of 2 x N sampler steps)
@@ -290,19 +291,21 @@ def generate(
     store = None if blocks_dir is None else open_blocks(
         blocks_dir, model.checkpoint_path, result.sampling_overrides, seed, result.batch_size, guidance, properties,
         record_trajectories, device, threads)
-    mine = [b for b in range(1, len(plan) + 1) if in_share(b - 1, share)]
+    claims = Claims.of_this_process() if share != (1, 1) else None
+    mine = [b + 1 for b in share_of(range(len(plan)), share, claims)]
     todo = [b for b in mine if store is None or not store.has(b, plan[b - 1])]
     run = prepare_sampling(model.verify(), device, guidance) if todo else None
     if len(todo) < len(mine):
         log(f"generate: {len(mine) - len(todo)} of {len(mine)} blocks already drawn ({store.parts.folder})")
     # less time per step, while sampling only; crygen.mattergen.speedups says how close to MatterGen's
-    with patches.applied(*speedups.SAMPLING):
+    with patches.applied(*speedups.SAMPLING) if todo else contextlib.nullcontext():
         for b in mine:
-            if b in todo:
+            if b not in todo:
+                if claims is None:
+                    add_block(result, store.read(b, plan[b - 1]))
+            elif claims is None or claims.take(store.name(b, plan[b - 1])):
                 _draw_block(run, result, store, b, plan, seed, properties, record_trajectories, max_retries, log,
                             device, threads)
-            else:
-                add_block(result, store.read(b, plan[b - 1]))
     if not result.structures and share == (1, 1):
         raise GenerationFailure(f"none of the {result.drawn} samples drawn passed the sanity check ({SANITY_CHECK})")
     return result

@@ -88,8 +88,8 @@ def main(model, base_model, finetuned, model_out, out, num_gen, batch_size, seed
         config = (finetuned if definitions else base_model).config
         model_dir = ModelDir.write(model_out, config, finetuned, finetuned.info or base_model.info)
     try:
-        if shards > 1:  # the block size is fixed here, for every shard
-            batch_size = batch_size or auto_batch_size(num_gen, model_dir.config, device)
+        if shards > 1:  # the block size is fixed here, for every shard; automatic: a block for each at least
+            batch_size = batch_size or min(auto_batch_size(num_gen, model_dir.config, device), -(-num_gen // shards))
             draw_in_shards(model_dir, num_gen, seed, batch_size, shards, condition, sampling)
         result = generate(model_dir, num_gen, seed, batch_size=batch_size or None, **sampling)
         # every output is written into a new folder that replaces the results folder in one step:

@@ -51,8 +51,9 @@ def test_two_shards_equal_one_process(cifs, one_process):
     assert_same_evaluation(out, one_process)
     parts = summary(out)["relaxation_parts"]
     assert parts["size"] == 2 and [p["index"] for p in parts["parts"]] == [0, 1, 2]
-    assert [p["shard"] for p in parts["parts"]] == ["1/2", "2/2", "1/2"]
-    assert parts["parts"][0]["pid"] == parts["parts"][2]["pid"] != parts["parts"][1]["pid"]
+    # the shards took the parts as they went: which took which is a race, each part ran in one of them
+    assert {p["shard"] for p in parts["parts"]} <= {"1/2", "2/2"}
+    assert len({(p["shard"], p["pid"]) for p in parts["parts"]}) == len({p["pid"] for p in parts["parts"]})
     assert all(p["threads"] == 1 and p["device"] == "cpu" and p["seconds"] > 0 and p["host"] for p in parts["parts"])
     single = summary(one_process)["relaxation_parts"]["parts"]
     assert [p["shard"] for p in single] == ["1/1"] * 3
@@ -60,7 +61,7 @@ def test_two_shards_equal_one_process(cifs, one_process):
 
 def test_a_killed_shard_is_one_line_keeps_finished_parts_and_a_rerun_relaxes_only_the_rest(cifs, one_process):
     out = cifs.parent / "killed"
-    # share 1/2 dies after its first part (part 0) as if killed; share 2/2 finishes part 1
+    # each shard dies after its first part as if killed: parts 0 and 1 are done, by one shard each
     proc = run_stage("evaluate_generated", "--results", cifs, "--out", out, "--shards", "2", *RELAX,
                      env={"CRYGEN_TEST_STOP_AFTER_PARTS": "1"}, check=False)
     assert proc.returncode == 2
@@ -77,5 +78,6 @@ def test_a_killed_shard_is_one_line_keeps_finished_parts_and_a_rerun_relaxes_onl
     proc = run_stage("evaluate_generated", "--results", cifs, "--out", out, "--shards", "1", *RELAX)
     assert "1 of 3 parts of 2 to do on 1 thread(s)" in proc.stderr
     assert all((folder / name).read_bytes() == data for name, data in finished.items())
-    assert [p["shard"] for p in summary(out)["relaxation_parts"]["parts"]] == ["1/2", "2/2", "1/1"]
+    shards = [p["shard"] for p in summary(out)["relaxation_parts"]["parts"]]
+    assert sorted(shards[:2]) == ["1/2", "2/2"] and shards[2] == "1/1"
     assert_same_evaluation(out, one_process)

@@ -11,7 +11,8 @@ potential (name and weights hash), fmax, max_steps, the batch atom budget, the p
 thread count and the device type. A rerun after a kill relaxes only the parts missing there.
 
 With SHARDS=1 the parts are relaxed in the stage's own process; with SHARDS=N each of N child
-processes of the stage (``--share k/N``, :func:`crygen.shards.run_shards`) relaxes the parts
+processes of the stage (``--share k/N``, :func:`crygen.shards.run_shards`) takes the parts
+as they go (:class:`crygen.parts.Claims`); a remote task (``make remote-share``) relaxes the parts
 ``in_share(j, (k, N))``. Either way the caller reads every part back from disk (computed or
 found), so the relaxed structures are the same objects (pymatgen dicts, floats exact in JSON)
 whatever ran them, and the metrics are computed once on the merged set.
@@ -29,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from crygen.cli import device_kind
 from crygen.fileio import CrygenError
-from crygen.parts import PartStore, in_share, settings_key
+from crygen.parts import Claims, PartStore, in_share, settings_key, share_of
 
 PART_SIZE = 32  # structures per part: small enough to lose little to a kill, large enough to fill a batch
 PART_FORMAT = 1
@@ -90,8 +91,9 @@ def open_work(out: Path, structures_sha256: str, potential: dict[str, Any], fmax
 
 
 def relax_parts(structures: Sequence[Any], work: RelaxationWork, indices: list[int], potential_spec: str,
-                device: str, fmax: float, max_steps: int, threads: int, shard: str) -> None:
-    """Relax parts ``indices`` of ``structures`` one by one, writing each when it is done."""
+                device: str, fmax: float, max_steps: int, threads: int, shard: str, claims: Claims | None = None) -> None:
+    """Relax parts ``indices`` of ``structures`` one by one, writing each when it is done (with
+    ``claims``, those of them this process takes)."""
     from crygen.cli import say
     from crygen.relaxation import load_potential, relax
 
@@ -100,14 +102,18 @@ def relax_parts(structures: Sequence[Any], work: RelaxationWork, indices: list[i
     model = load_potential(potential_spec, device)
     report_every = max(1, -(-len(indices) // 10))
     stop_after = int(os.environ.get(STOP_AFTER_PARTS) or 0)
-    for done, j in enumerate(indices, 1):
+    done = 0
+    for j in indices:
+        if claims is not None and not claims.take(work.name(j)):
+            continue
+        done += 1
         start, end = work.bounds(j)
         began = time.time()
         relaxed = relax(structures[start:end], model, fmax=fmax, max_steps=max_steps)
         work.store.write(work.name(j), part_record(j, work.size, relaxed, time.time() - began, shard, device, threads))
         if done % report_every == 0 or done == len(indices):
-            say(f"evaluate_generated: {done}/{len(indices)} parts relaxed (shard {shard}; last: part {j + 1} "
-                f"of {work.parts}, {time.time() - began:.1f} s)")
+            say(f"evaluate_generated: {done}{'' if claims else f'/{len(indices)}'} parts relaxed (shard {shard}; "
+                f"last: part {j + 1} of {work.parts}, {time.time() - began:.1f} s)")
         if done == stop_after and done < len(indices):
             say(f"evaluate_generated: killed after {done} part(s) ({STOP_AFTER_PARTS}, for tests)")
             os._exit(9)
@@ -193,7 +199,9 @@ def relax_share(results: Path, out: Path, potential_spec: str, device: str, fmax
     structures, _ = read_named(source)
     work = open_work(out, structures_sha256(source), potential_identity(potential_spec), fmax, max_steps,
                      sharding.part_size, sharding.threads, device, len(structures))
-    mine = work.missing(share)
-    say(f"evaluate_generated: share {share[0]}/{share[1]}: {len(mine)} parts to relax -> {work.store.folder}")
+    claims = Claims.of_this_process()
+    mine = share_of(work.missing(), share, claims)
+    say(f"evaluate_generated: share {share[0]}/{share[1]}: {len(mine)} parts to relax"
+        f"{', taken as they go' if claims else ''} -> {work.store.folder}")
     relax_parts(structures, work, mine, potential_spec, device, fmax, max_steps, sharding.threads,
-                f"{share[0]}/{share[1]}")
+                f"{share[0]}/{share[1]}", claims)
