@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, setting_option, stage
+from crygen.cli import pick_device, run_script, say, setting_option, stage
 from crygen.fileio import CrygenError
 from crygen.settings import Bad, share
 
@@ -66,4 +66,4 @@ def main(demo_data: Path, out: Path, work: Path, part: str, potential: str, devi
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

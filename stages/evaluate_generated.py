@@ -35,7 +35,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import say, setting_option, stage
+from crygen.cli import run_script, say, setting_option, stage
 from crygen.evaluation.folder import SettingsError
 from crygen.evaluation.shards import PART_SIZE, Sharding
 from crygen.fileio import CrygenError, atomic_path, one_line
@@ -141,4 +141,4 @@ def evaluate_and_say(*args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, seed_everything, setting_option, stage
+from crygen.cli import pick_device, run_script, say, seed_everything, setting_option, stage
 from crygen.fileio import CrygenError, read_json, sha256_file
 
 # MatterGen's fine-tuning learning rate: optimizer lr of every published fine-tuned model's
@@ -127,4 +127,4 @@ def _dataset_properties(data: Path, names: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, setting_option, stage
+from crygen.cli import pick_device, run_script, say, setting_option, stage
 from crygen.fileio import CrygenError, atomic_path, write_json
 
 
@@ -185,4 +185,4 @@ def write_results(folder: Path, result, trajectories: bool, settings: dict) -> N
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

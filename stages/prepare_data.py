@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import say, setting_option, stage
+from crygen.cli import run_script, say, setting_option, stage
 from crygen.structures import MIN_DISTANCE_DEFAULT
 
 
@@ -44,4 +44,4 @@ def main(input_path: Path, out: Path, val_fraction: float, seed: int, max_atoms:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import say, stage
+from crygen.cli import run_script, say, stage
 from crygen.fileio import CrygenError, read_json, write_json
 from crygen.layout import RunFolder
 
@@ -38,4 +38,4 @@ def main(run_dir: Path, settings_file: Path, out: Path | None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, seed_everything, setting_option, stage
+from crygen.cli import pick_device, run_script, say, seed_everything, setting_option, stage
 from crygen.fileio import CrygenError
 
 
@@ -92,4 +92,4 @@ def main(data, out, work_dir, max_steps, batch_size, lr, hidden_dim, num_blocks,
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from crygen.cli import pick_device, say, setting_option, stage
+from crygen.cli import pick_device, run_script, say, setting_option, stage
 from crygen.fileio import write_json
 
 
@@ -48,4 +48,4 @@ def main(base_model, finetuned_model, data, out, draws, batch_size, seed, device
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
