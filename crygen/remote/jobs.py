@@ -21,12 +21,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 from crygen.fileio import CrygenError, atomic_path, one_line, read_json, write_json
-from crygen.remote import ERRLOG, OUTLOG, PROJECT, RUN_ARCHIVE, RUN_DIR, SCRIPT, TASK_DIR
+from crygen.remote import ERRLOG, OUTLOG, PROJECT, RUN_ARCHIVE, RUN_DIR, TASK_DIR
 from crygen.remote import shards
 from crygen.remote.credentials import Lookup, Redactor
 from crygen.remote.profiles import Profile, build_machine
-from crygen.remote.staging import (Input, job_make_vars, job_script, job_task, job_variables, resolve_inputs,
-                                  stage_task, write_manifest)
+from crygen.remote.staging import Input, fill_task, job_make_vars, job_task, job_variables, resolve_inputs
 
 
 @dataclass(frozen=True)
@@ -160,14 +159,8 @@ class Dispatcher:
         with atomic_path(job_dir) as staging:
             task = staging / TASK_DIR
             task.mkdir(parents=True)
-            stage_task(task, inputs)
-            if record.get("shards"):
-                shards.stage_shares(task, record, inputs, cache)
-            else:
-                (task / SCRIPT).write_text(job_script(record["job_id"], record["target"], record["make_vars"], inputs,
-                                                      cache))
-            record["manifest"] = write_manifest(task, inputs)
-            record["forward_files"] = sorted(p.name for p in task.iterdir() if not p.name.startswith("share-"))
+            fill_task(task, record, inputs, shares=(lambda t: shards.stage_shares(t, record, inputs, cache))
+                      if record.get("shards") else None)
             if dry_run_machine is not None:
                 self._describe_dry_run(record, dry_run_machine, staging)
             write_json(staging / "job.json", record)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from crygen.fileio import CrygenError, write_json
 from crygen.remote import RUN_ARCHIVE, RUN_DIR, SCRIPT, TASK_DIR
-from crygen.remote.staging import Input, job_script, job_task, stage_task, write_manifest
+from crygen.remote.staging import Input, fill_task, job_script, job_task
 
 # what a share leaves under its run folder, by target: the merge task's run folder gets them all
 CARRIED = {"sample": "blocks", "eval-gen": "eval-gen/relaxation-parts"}
@@ -145,19 +145,14 @@ def stage_merge(job_dir: Path, record: dict) -> None:
     block or part that came back (under ``shares/``, copied into ``run/`` there), in the job's
     record as a one-task job."""
     inputs = [Input(**i) for i in record["inputs"]]
-    cache = record.get("input_cache")
     task = job_dir / TASK_DIR
     shutil.rmtree(task, ignore_errors=True)
     task.mkdir()
-    stage_task(task, inputs)
     carried = CARRIED[record["target"]]
     for share in sorted((job_dir / "shares").glob("share-*")):
         if (share / RUN_DIR / carried).is_dir():
             shutil.copytree(share / RUN_DIR / carried, task / "shares" / carried, dirs_exist_ok=True)
     record["make_vars"] = fixed_make_vars(record["make_vars"], record["shards"], 1)
-    (task / SCRIPT).write_text(job_script(record["job_id"], record["target"], record["make_vars"], inputs, cache,
-                                          carried=carried if (task / "shares").is_dir() else None))
-    record["manifest"] = write_manifest(task, inputs)
-    record["forward_files"] = sorted(p.name for p in task.iterdir())
+    fill_task(task, record, inputs, carried=carried if (task / "shares").is_dir() else None)
     record["shards"]["phase"] = "merge"
     record["shards"]["shares_submission_hash"] = record.pop("submission_hash", None)

@@ -139,6 +139,22 @@ def stage_task(task: Path, inputs: list[Input]) -> None:
             uploaded.add(item.remote_value)
 
 
+def fill_task(task: Path, record: dict, inputs: list[Input], shares: Callable[[Path], None] | None = None,
+              carried: str | None = None) -> None:
+    """Fill a job's ``task/`` whole: the project and the inputs, then either one script running
+    the record's target (``carried``: see :func:`job_script`) or, with ``shares``, what that
+    writes (a folder and script per share); then the manifest. ``record`` gets the manifest and
+    the files every task is sent (a share's own folder goes with its task only)."""
+    stage_task(task, inputs)
+    if shares is not None:
+        shares(task)
+    else:
+        (task / SCRIPT).write_text(job_script(record["job_id"], record["target"], record["make_vars"], inputs,
+                                              record.get("input_cache"), carried=carried))
+    record["manifest"] = write_manifest(task, inputs)
+    record["forward_files"] = sorted(p.name for p in task.iterdir() if not p.name.startswith("share-"))
+
+
 def job_task(work_path: str, forward_files: list[str]):
     """dpdispatcher's Task for a job script in ``work_path``: it runs the script and brings back
     the packed run folder and make's logs."""
