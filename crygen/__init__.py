@@ -19,3 +19,8 @@ returning a typed result the stage reports:
 """
 
 __version__ = "0.1.0"
+
+from crygen import patches as _patches  # noqa: E402
+
+# torch_scatter and torch_sparse in plain PyTorch where they are not installed (crygen/patches.py)
+_patches.provide_missing()

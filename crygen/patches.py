@@ -16,6 +16,10 @@ installed versions the replacement was read against. Four kinds, one mechanism:
   it builds a model from ``config.yaml``. Such a build can happen in MatterGen's own code with no
   crygen scope around it (``CrystalGenerator`` loading a crygen model dir), so an entry lives as
   long as the process; :func:`extend` adds it only if absent.
+* ``provide``: a module another package would provide, served from crygen's plain version only
+  when that package is not installed (:func:`provide_missing`, at crygen's import: a finder
+  placed after every other, so an installed package always wins). No distribution is faked:
+  ``importlib.metadata`` still reports the package absent, and ``provenance`` says which ran.
 
 :func:`check_versions` runs when every stage starts (``crygen.cli.stage``) and in the tests: an
 installed version other than the one a patch was read against stops the stage with one line
@@ -28,6 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -35,17 +42,17 @@ from typing import Any, Callable, Iterator
 
 from crygen.fileio import CrygenError
 
-KINDS = ("replace", "fill", "wrap", "extend")
+KINDS = ("replace", "fill", "wrap", "extend", "provide")
 
 
 @dataclass(frozen=True)
 class Patch:
     name: str
     kind: str
-    target: str  # "module:attribute.path" (replace, extend) or "module:Class.attribute" (fill, wrap)
+    target: str  # "module:attribute.path" (replace, extend), "module:Class.attribute" (fill, wrap), "module" (provide)
     why: str
     checked_against: dict[str, str]  # distribution -> the version whose code this was read against
-    replacement: str | None = None  # "module:function" (replace); None: given when applied
+    replacement: str | None = None  # "module:function" (replace), "module" (provide); None: given when applied
 
     def owner_and_attribute(self) -> tuple[Any, str]:
         module, _, path = self.target.partition(":")
@@ -114,6 +121,13 @@ PATCHES: dict[str, Patch] = _declare(
           "inference needs one pass without it: the same numbers, under half the CPU time. "
           "It recognises CHGNet's call by CHGNet._compute's local BatchedGraph `g`",
           {"chgnet": "0.4.2", "torch": "2.13.0"}),
+    Patch("ops.torch_scatter", "provide", "torch_scatter",
+          "MatterGen imports scatter, scatter_add, segment_csr and segment_coo from it; compiling it "
+          "was most of a fresh set-up. The same results on real sampler and training states "
+          "(tests/test_torch_ops.py)", _MATTERGEN, "crygen.mattergen.torch_ops"),
+    Patch("ops.torch_sparse", "provide", "torch_sparse",
+          "GemNet lists each edge's triplets with its SparseTensor (rows selected by index); "
+          "the same triplets in the same order", _MATTERGEN, "crygen.mattergen.torch_ops"),
     Patch("model.property_source_ids", "extend", "mattergen.common.utils.globals:PROPERTY_SOURCE_IDS",
           "MatterGen accepts a conditioning property only if its name is in this list",
           _MATTERGEN),
@@ -235,3 +249,45 @@ def extend(name: str, key: Any, value: Any = None) -> None:
             registry.append(key)
     else:
         registry[key] = value
+
+
+class _ProvidedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves the ``provide`` patches' modules when nothing before it on ``sys.meta_path`` can."""
+
+    def __init__(self) -> None:
+        self.by_module = {p.target: p for p in PATCHES.values() if p.kind == "provide"}
+        self._probing = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.by_module or self._probing:
+            return None
+        # torch_geometric probes for these packages when first imported and then calls whatever
+        # it found for its own operations: it must find them absent, as they are
+        self._probing = True
+        try:
+            import torch_geometric.typing  # noqa: F401
+        finally:
+            self._probing = False
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        patch = self.by_module[module.__name__]
+        plain = importlib.import_module(patch.replacement)
+        module.__dict__.update({k: v for k, v in vars(plain).items() if not k.startswith("__")})
+        module.__doc__ = f"crygen's plain-PyTorch {patch.target} ({patch.replacement}): {patch.why}"
+
+
+def provide_missing() -> None:
+    """Place the finder of the ``provide`` patches last on ``sys.meta_path`` (once)."""
+    if not any(isinstance(f, _ProvidedModules) for f in sys.meta_path):
+        sys.meta_path.append(_ProvidedModules())
+
+
+def provided(module: str) -> bool:
+    """Whether ``module`` was served by crygen's plain version in this process."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(getattr(getattr(loaded, "__spec__", None), "loader", None),
+                                             _ProvidedModules)

@@ -42,7 +42,8 @@ def versions() -> dict[str, str | None]:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
-            out[pkg] = None
+            # MatterGen then runs on crygen's plain versions (crygen/patches.py, ``provide``)
+            out[pkg] = "not installed: crygen.mattergen.torch_ops" if pkg in ("torch_scatter", "torch_sparse") else None
     return out
 
 

@@ -22,10 +22,37 @@ def test_every_patch_targets_what_is_installed():
     # someone re-reads the replaced code and updates the declared version
     assert patches.version_problems() == []
     for patch in patches.PATCHES.values():
+        if patch.kind == "provide":
+            continue  # test_provided_modules_hold_every_name_mattergen_imports_from_them
         owner, attribute = patch.owner_and_attribute()
         assert hasattr(owner, attribute)
         if patch.replacement:
             assert callable(patches._resolve(patch.replacement)), patch.name
+
+
+def test_provided_modules_hold_every_name_mattergen_imports_from_them():
+    """Every ``from torch_scatter import ...`` (and torch_sparse) in the installed MatterGen's
+    source, read with ast, names something crygen's plain module has."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import mattergen
+
+    provided = {p.target: importlib.import_module(p.replacement) for p in patches.PATCHES.values()
+                if p.kind == "provide"}
+    assert set(provided) == {"torch_scatter", "torch_sparse"}
+    imported = {target: set() for target in provided}
+    for source in Path(mattergen.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in provided:
+                imported[node.module] |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.Import):
+                assert not {a.name for a in node.names} & set(provided), source  # only from-imports are read
+    assert imported["torch_scatter"] >= {"scatter", "scatter_add", "segment_csr", "segment_coo"}
+    assert imported["torch_sparse"] >= {"SparseTensor"}
+    for target, names in imported.items():
+        assert all(hasattr(provided[target], name) for name in names), (target, names)
 
 
 def test_a_version_other_than_the_one_read_stops_in_one_line(monkeypatch):
