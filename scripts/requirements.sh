@@ -30,6 +30,7 @@ case $mode in
     [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
     "$dir/bin/python" -m pip install --quiet --upgrade 'pip>=23.2'
     for p in main ext nodeps; do
+      [ -s "$tmp/$p.txt" ] || continue  # pip refuses an empty list
       # shellcheck disable=SC2046
       "$dir/bin/python" -m pip install --quiet $(flags $p) -r "$tmp/$p.txt"
     done ;;
@@ -39,6 +40,7 @@ case $mode in
     mkdir "$tmp/wheels"
     "$py" -m pip download --quiet --no-deps -d "$tmp/wheels" "pip==$("$py" -m pip --version | cut -d' ' -f2)"
     for p in main ext nodeps; do
+      [ -s "$tmp/$p.txt" ] || continue
       # shellcheck disable=SC2046
       "$py" -m pip wheel --quiet $(flags $p) -w "$tmp/wheels" -r "$tmp/$p.txt"
     done

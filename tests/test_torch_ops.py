@@ -12,10 +12,14 @@ import torch
 
 from crygen.mattergen import torch_ops
 
-torch_scatter = pytest.importorskip(
-    "torch_scatter", reason="the compiled torch_scatter is not installed here: it is what these tests compare with")
-torch_sparse = pytest.importorskip(
-    "torch_sparse", reason="the compiled torch_sparse is not installed here: it is what these tests compare with")
+try:
+    import torch_scatter
+    import torch_sparse
+except ImportError:  # where they are not installed, only the comparisons skip
+    torch_scatter = torch_sparse = None
+needs_compiled = pytest.mark.skipif(
+    torch_scatter is None, reason="compares with the compiled torch_scatter/torch_sparse, which this environment "
+                                  "does not have (optional: make setup-compiled-ops, about 25 min of compiling)")
 
 NAMES = ("scatter", "scatter_add", "segment_csr", "segment_coo", "SparseTensor")
 
@@ -37,6 +41,7 @@ def plain_ops():
             setattr(module, name, op)
 
 
+@needs_compiled
 def test_scatter_reductions_equal_torch_scatters():
     gen = torch.Generator().manual_seed(0)
     for reduce in ("sum", "add", "mean", "max", "min"):
@@ -53,6 +58,7 @@ def test_scatter_reductions_equal_torch_scatters():
     assert torch.equal(torch_ops.scatter(counts, index, reduce="mean"), torch_scatter.scatter(counts, index, reduce="mean"))
 
 
+@needs_compiled
 def test_segments_equal_torch_scatters():
     gen = torch.Generator().manual_seed(1)
     src = torch.randint(0, 5, (40,), generator=gen)
@@ -65,6 +71,7 @@ def test_segments_equal_torch_scatters():
                            torch_scatter.segment_coo(src, index, dim_size=dim_size))
 
 
+@needs_compiled
 def test_sparse_row_selection_lists_triplets_as_torch_sparse_does():
     """GemNet's use: rows selected by each edge's target, repeated edges (periodic images) kept."""
     gen = torch.Generator().manual_seed(2)
@@ -87,6 +94,7 @@ def _denoiser_calls(model_dir, n):
     return _sampler_calls(model_dir, n, 3, GemNetTDenoiser, "forward")[1]
 
 
+@needs_compiled
 @pytest.mark.parametrize("model", ["fast_base_model", "real_size_model"])
 def test_denoiser_scores_on_sampler_states_equal_the_compiled_ops(model, request):
     from crygen import mattergen as mc
@@ -105,6 +113,7 @@ def test_denoiser_scores_on_sampler_states_equal_the_compiled_ops(model, request
             assert torch.equal(expected[field], got[field]), field
 
 
+@needs_compiled
 def test_training_loss_and_gradients_equal_the_compiled_ops(fast_base_model):
     """A training step's loss (noise, corruption, per-field losses) and its gradients, on the
     crystals a sampling run ended with."""
@@ -156,6 +165,8 @@ print(json.dumps({"provided": [patches.provided(m) for m in ("torch_scatter", "t
 
 
 def test_without_the_compiled_packages_mattergen_samples_the_same_crystals(fast_base_model):
+    """Hidden, the compiled packages are replaced by the provided ones, which torch_geometric does
+    not take for its own; the crystals are those the compiled ones give (where installed)."""
     import json
     import subprocess
 
@@ -166,6 +177,9 @@ def test_without_the_compiled_packages_mattergen_samples_the_same_crystals(fast_
         proc = subprocess.run([sys.executable, "-c", HIDDEN, str(fast_base_model), how], capture_output=True,
                               text=True, env=subprocess_env(), check=True)
         runs[how] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert runs["hide"]["provided"] == [True, True] and runs["keep"]["provided"] == [False, False]
+    # where the compiled packages are not installed, both runs use the plain ones (the crystals
+    # then equal MatterGen's through test_mattergen_compat's own tests)
+    compiled = torch_scatter is not None
+    assert runs["hide"]["provided"] == [True, True] and runs["keep"]["provided"] == [not compiled] * 2
     assert runs["hide"]["pyg_sees"] == [False, False]  # torch_geometric keeps its own code paths
     assert len(runs["hide"]["crystals"]) == 4 and runs["hide"]["crystals"] == runs["keep"]["crystals"]
