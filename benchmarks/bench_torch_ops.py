@@ -1,0 +1,72 @@
+"""Issue 19's figure: sampling with crygen's plain-PyTorch torch_scatter/torch_sparse operations
+against the compiled packages. Not a test; needs the compiled ones (make setup-compiled-ops).
+
+    python benchmarks/bench_torch_ops.py [--num 64] [--repeats 2] [--threads 1]
+
+Each run is a fresh process sampling ``--num`` crystals in one batch from the embedded model
+(its 250 steps, crygen's speed-ups on), with the compiled packages importable ("compiled") or
+hidden from the import system, so that crygen's provided modules serve MatterGen ("plain").
+Alternating order, best of the rounds; the crystals of the two must be equal. Results go to
+stdout and runs/bench/torch_ops.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUN = """
+import importlib.machinery, json, sys, time
+from pathlib import Path
+
+class WithoutCompiledOps(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if sys.argv[2] == "plain" and name.split(".")[0] in ("torch_scatter", "torch_sparse"):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from crygen import patches
+from crygen.generation import generate
+result = generate(Path(sys.argv[1]), int(sys.argv[3]), seed=777, batch_size=int(sys.argv[3]),
+                  record_trajectories=False, log=lambda m: None)
+assert patches.provided("torch_scatter") == (sys.argv[2] == "plain")
+print(json.dumps({"seconds": result.seconds, "crystals": [s.as_dict() for s in result.structures]}))
+"""
+
+
+@click.command()
+@click.option("--num", default=64, show_default=True)
+@click.option("--repeats", default=2, show_default=True)
+@click.option("--threads", default=1, show_default=True)
+def main(num: int, repeats: int, threads: int):
+    times: dict[str, list[float]] = {"compiled": [], "plain": []}
+    crystals = {}
+    for r in range(repeats):
+        for how in (("compiled", "plain") if r % 2 == 0 else ("plain", "compiled")):
+            proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "data" / "base_model"), how, str(num),
+                                   str(threads)], capture_output=True, text=True, check=True, cwd=ROOT)
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            times[how].append(round(out["seconds"], 1))
+            crystals[how] = out["crystals"]
+            print(f"{how}: {times[how][-1]} s sampling", file=sys.stderr, flush=True)
+    report = {"num": num, "threads": threads, "sampling_s": times,
+              "plain_over_compiled": round(min(times["plain"]) / min(times["compiled"]), 3),
+              "same_crystals": crystals["plain"] == crystals["compiled"]}
+    out = ROOT / "runs" / "bench" / "torch_ops.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
