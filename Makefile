@@ -121,7 +121,9 @@ setup: $(SETUP) ## build .venv from requirements-remote.txt (idempotent)
 # tests can drive dpdispatcher; `make remote` itself needs only LOCAL_VENV.
 $(SETUP_STAMP): $(REQUIREMENTS) scripts/requirements.sh
 	scripts/requirements.sh install $(PYTHON) $(VENV) $(REQUIREMENTS)
-	echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/crygen.pth
+	# the project on the path, and at every start crygen's provided torch_scatter/torch_sparse
+	# (crygen/provided_modules.py), for MatterGen's own scripts too
+	printf '%s\nimport crygen\n' "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/crygen.pth
 	$(PY) -c 'from crygen.mattergen.files import ensure_mattergen_files as f; print("gemnet scales:", f())'
 	touch $@
 

@@ -35,11 +35,11 @@ class WithoutCompiledOps(importlib.machinery.PathFinder):
 sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 import torch
 torch.set_num_threads(int(sys.argv[4]))
-from crygen import patches
+from crygen import provided_modules
 from crygen.generation import generate
 result = generate(Path(sys.argv[1]), int(sys.argv[3]), seed=777, batch_size=int(sys.argv[3]),
                   record_trajectories=False, log=lambda m: None)
-assert patches.provided("torch_scatter") == (sys.argv[2] == "plain")
+assert provided_modules.provided("torch_scatter") == (sys.argv[2] == "plain")
 print(json.dumps({"seconds": result.seconds, "crystals": [s.as_dict() for s in result.structures]}))
 """
 

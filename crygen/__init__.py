@@ -20,7 +20,7 @@ returning a typed result the stage reports:
 
 __version__ = "0.1.0"
 
-from crygen import patches as _patches  # noqa: E402
+from crygen import provided_modules as _provided_modules  # noqa: E402
 
 # torch_scatter and torch_sparse in plain PyTorch where they are not installed (crygen/patches.py)
-_patches.provide_missing()
+_provided_modules.install()

@@ -17,9 +17,10 @@ installed versions the replacement was read against. Four kinds, one mechanism:
   crygen scope around it (``CrystalGenerator`` loading a crygen model dir), so an entry lives as
   long as the process; :func:`extend` adds it only if absent.
 * ``provide``: a module another package would provide, served from crygen's plain version only
-  when that package is not installed (:func:`provide_missing`, at crygen's import: a finder
-  placed after every other, so an installed package always wins). No distribution is faked:
-  ``importlib.metadata`` still reports the package absent, and ``provenance`` says which ran.
+  when that package is not installed (:mod:`crygen.provided_modules`: a finder placed after
+  every other, so an installed package always wins, installed at every interpreter start in
+  crygen's venv). No distribution is faked: ``importlib.metadata`` still reports the package
+  absent, and ``provenance`` says which ran.
 
 :func:`check_versions` runs when every stage starts (``crygen.cli.stage``) and in the tests: an
 installed version other than the one a patch was read against stops the stage with one line
@@ -32,9 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -250,44 +248,3 @@ def extend(name: str, key: Any, value: Any = None) -> None:
     else:
         registry[key] = value
 
-
-class _ProvidedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves the ``provide`` patches' modules when nothing before it on ``sys.meta_path`` can."""
-
-    def __init__(self) -> None:
-        self.by_module = {p.target: p for p in PATCHES.values() if p.kind == "provide"}
-        self._probing = False
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in self.by_module or self._probing:
-            return None
-        # torch_geometric probes for these packages when first imported and then calls whatever
-        # it found for its own operations: it must find them absent, as they are
-        self._probing = True
-        try:
-            import torch_geometric.typing  # noqa: F401
-        finally:
-            self._probing = False
-        return importlib.util.spec_from_loader(name, self)
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module) -> None:
-        patch = self.by_module[module.__name__]
-        plain = importlib.import_module(patch.replacement)
-        module.__dict__.update({k: v for k, v in vars(plain).items() if not k.startswith("__")})
-        module.__doc__ = f"crygen's plain-PyTorch {patch.target} ({patch.replacement}): {patch.why}"
-
-
-def provide_missing() -> None:
-    """Place the finder of the ``provide`` patches last on ``sys.meta_path`` (once)."""
-    if not any(isinstance(f, _ProvidedModules) for f in sys.meta_path):
-        sys.meta_path.append(_ProvidedModules())
-
-
-def provided(module: str) -> bool:
-    """Whether ``module`` was served by crygen's plain version in this process."""
-    loaded = sys.modules.get(module)
-    return loaded is not None and isinstance(getattr(getattr(loaded, "__spec__", None), "loader", None),
-                                             _ProvidedModules)

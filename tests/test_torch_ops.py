@@ -154,11 +154,11 @@ class WithoutCompiledOps(importlib.machinery.PathFinder):
 sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 import torch
 torch.set_num_threads(1)
-from crygen import patches
+from crygen import provided_modules
 from crygen.generation import generate
 result = generate(Path(sys.argv[1]), 4, seed=5, batch_size=4, record_trajectories=False, log=lambda m: None)
 import torch_geometric.typing as pyg
-print(json.dumps({"provided": [patches.provided(m) for m in ("torch_scatter", "torch_sparse")],
+print(json.dumps({"provided": [provided_modules.provided(m) for m in ("torch_scatter", "torch_sparse")],
                   "pyg_sees": [pyg.WITH_TORCH_SCATTER, pyg.WITH_TORCH_SPARSE],
                   "crystals": [s.as_dict() for s in result.structures]}))
 """
@@ -183,3 +183,32 @@ def test_without_the_compiled_packages_mattergen_samples_the_same_crystals(fast_
     assert runs["hide"]["provided"] == [True, True] and runs["keep"]["provided"] == [not compiled] * 2
     assert runs["hide"]["pyg_sees"] == [False, False]  # torch_geometric keeps its own code paths
     assert len(runs["hide"]["crystals"]) == 4 and runs["hide"]["crystals"] == runs["keep"]["crystals"]
+
+
+MATTERGEN_ALONE = """
+import importlib.machinery, sys
+
+class WithoutCompiledOps(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in ("torch_scatter", "torch_sparse"):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+import mattergen.generator  # MatterGen's own entry point, nothing of crygen imported by this script
+from mattergen.common.gemnet import gemnet
+print("LOADED", gemnet.SparseTensor.__module__)
+"""
+
+
+def test_mattergens_own_scripts_find_the_provided_modules():
+    """MatterGen's own scripts in crygen's venv (mattergen-generate, a CrystalGenerator in a fresh
+    process) import torch_scatter before anything of crygen: crygen.pth installs the finder."""
+    import subprocess
+
+    from tests.helpers import subprocess_env
+
+    env = subprocess_env({"PYTHONPATH": None})  # as a user's shell has it: only the venv's crygen.pth
+    proc = subprocess.run([sys.executable, "-c", MATTERGEN_ALONE], capture_output=True, text=True, env=env, cwd="/")
+    assert "LOADED crygen.mattergen.torch_ops" in proc.stdout, proc.stderr[-2000:]
