@@ -22,18 +22,19 @@ MODULES = ("torch_scatter", "torch_sparse")
 class ProvidedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Serves the ``provide`` patches' modules when nothing before it on ``sys.meta_path`` can."""
 
-    _probing = False
+    def __init__(self) -> None:
+        self._probing = False
 
     def find_spec(self, name, path=None, target=None):
         if name not in MODULES or self._probing:
             return None
         # torch_geometric probes for these packages when first imported and then calls whatever
         # it found for its own operations: it must find them absent, as they are
-        ProvidedModules._probing = True
+        self._probing = True
         try:
             import torch_geometric.typing  # noqa: F401
         finally:
-            ProvidedModules._probing = False
+            self._probing = False
         return importlib.util.spec_from_loader(name, self)
 
     def create_module(self, spec):
