@@ -12,11 +12,13 @@ import torch
 
 from crygen.mattergen import torch_ops
 
-try:
-    import torch_scatter
-    import torch_sparse
-except ImportError:  # where they are not installed, only the comparisons skip
-    torch_scatter = torch_sparse = None
+from crygen import provided_modules
+
+import torch_scatter  # noqa: E402  (the compiled package, or crygen's plain one where it is absent)
+import torch_sparse  # noqa: E402
+
+if provided_modules.provided("torch_scatter") or provided_modules.provided("torch_sparse"):
+    torch_scatter = torch_sparse = None  # not installed: only the comparisons skip
 needs_compiled = pytest.mark.skipif(
     torch_scatter is None, reason="compares with the compiled torch_scatter/torch_sparse, which this environment "
                                   "does not have (optional: make setup-compiled-ops, about 25 min of compiling)")
