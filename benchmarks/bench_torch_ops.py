@@ -13,6 +13,7 @@ stdout and runs/bench/torch_ops.json.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,19 +21,13 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-RUN = """
-import importlib.machinery, json, sys, time
+from tests.helpers import WITHOUT_COMPILED_OPS  # noqa: E402
+
+RUN = WITHOUT_COMPILED_OPS + """
+import json, sys
 from pathlib import Path
-
-class WithoutCompiledOps(importlib.machinery.PathFinder):
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if sys.argv[2] == "plain" and name.split(".")[0] in ("torch_scatter", "torch_sparse"):
-            return None
-        return importlib.machinery.PathFinder.find_spec(name, path, target)
-
-sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 from crygen import provided_modules
@@ -54,7 +49,8 @@ def main(num: int, repeats: int, threads: int):
     for r in range(repeats):
         for how in (("compiled", "plain") if r % 2 == 0 else ("plain", "compiled")):
             proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "data" / "base_model"), how, str(num),
-                                   str(threads)], capture_output=True, text=True, check=True, cwd=ROOT)
+                                   str(threads)], capture_output=True, text=True, check=True, cwd=ROOT,
+                                  env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0"})
             out = json.loads(proc.stdout.strip().splitlines()[-1])
             times[how].append(round(out["seconds"], 1))
             crystals[how] = out["crystals"]

@@ -432,3 +432,21 @@ def ssh_env(ssh: dict, root: Path) -> dict:
             "CRYGEN_SSH_KEY": ssh["key"], "CRYGEN_REMOTE_ROOT": str(root), "CRYGEN_REMOTE_VENV": str(ROOT / ".venv"),
             "CRYGEN_SLURM_PARTITION": "debug", "CRYGEN_SLURM_CPUS": "1", "CRYGEN_SLURM_GPUS": "0",
             "CRYGEN_CHECK_INTERVAL": "2"}
+
+
+# ---------------------------------------------------------------- without the compiled ops
+# The head of a script for a fresh process: with HIDE_COMPILED_OPS=1 in its environment,
+# torch_scatter and torch_sparse cannot be found (as where they are not installed), so
+# crygen's provided modules serve MatterGen; used by tests/test_torch_ops.py and benchmarks/.
+WITHOUT_COMPILED_OPS = """
+import importlib.machinery, os, sys
+
+class WithoutCompiledOps(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if os.environ.get("HIDE_COMPILED_OPS") == "1" and name.split(".")[0] in ("torch_scatter", "torch_sparse"):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from crygen.mattergen import torch_ops
+from tests.helpers import WITHOUT_COMPILED_OPS
 
 from crygen import provided_modules
 
@@ -142,18 +143,9 @@ def test_training_loss_and_gradients_equal_the_compiled_ops(fast_base_model):
 
 # A process in which torch_scatter and torch_sparse cannot be found (as where they are not
 # installed) samples with crygen's provided modules; the crystals are printed as JSON.
-HIDDEN = """
-import importlib.machinery, json, sys
+HIDDEN = WITHOUT_COMPILED_OPS + """
+import json
 from pathlib import Path
-
-class WithoutCompiledOps(importlib.machinery.PathFinder):
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if sys.argv[2] == "hide" and name.split(".")[0] in ("torch_scatter", "torch_sparse"):
-            return None
-        return importlib.machinery.PathFinder.find_spec(name, path, target)
-
-sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 import torch
 torch.set_num_threads(1)
 from crygen import provided_modules
@@ -176,8 +168,8 @@ def test_without_the_compiled_packages_mattergen_samples_the_same_crystals(fast_
 
     runs = {}
     for how in ("hide", "keep"):
-        proc = subprocess.run([sys.executable, "-c", HIDDEN, str(fast_base_model), how], capture_output=True,
-                              text=True, env=subprocess_env(), check=True)
+        proc = subprocess.run([sys.executable, "-c", HIDDEN, str(fast_base_model)], capture_output=True, text=True,
+                              env=subprocess_env({"HIDE_COMPILED_OPS": "1" if how == "hide" else "0"}), check=True)
         runs[how] = json.loads(proc.stdout.strip().splitlines()[-1])
     # where the compiled packages are not installed, both runs use the plain ones (the crystals
     # then equal MatterGen's through test_mattergen_compat's own tests)
@@ -187,17 +179,7 @@ def test_without_the_compiled_packages_mattergen_samples_the_same_crystals(fast_
     assert len(runs["hide"]["crystals"]) == 4 and runs["hide"]["crystals"] == runs["keep"]["crystals"]
 
 
-MATTERGEN_ALONE = """
-import importlib.machinery, sys
-
-class WithoutCompiledOps(importlib.machinery.PathFinder):
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if name.split(".")[0] in ("torch_scatter", "torch_sparse"):
-            return None
-        return importlib.machinery.PathFinder.find_spec(name, path, target)
-
-sys.meta_path = [WithoutCompiledOps if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+MATTERGEN_ALONE = WITHOUT_COMPILED_OPS + """
 import mattergen.generator  # MatterGen's own entry point, nothing of crygen imported by this script
 from mattergen.common.gemnet import gemnet
 print("LOADED", gemnet.SparseTensor.__module__)
@@ -211,6 +193,6 @@ def test_mattergens_own_scripts_find_the_provided_modules():
 
     from tests.helpers import subprocess_env
 
-    env = subprocess_env({"PYTHONPATH": None})  # as a user's shell has it: only the venv's crygen.pth
+    env = subprocess_env({"PYTHONPATH": None, "HIDE_COMPILED_OPS": "1"})  # a user's shell: only the venv's crygen.pth
     proc = subprocess.run([sys.executable, "-c", MATTERGEN_ALONE], capture_output=True, text=True, env=env, cwd="/")
     assert "LOADED crygen.mattergen.torch_ops" in proc.stdout, proc.stderr[-2000:]
