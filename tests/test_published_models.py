@@ -38,6 +38,22 @@ def sample(model_dir, tmp_path, num_gen: int = 2, condition: str = "", guidance:
     return run_stage("generate", *args, check=check), out
 
 
+def written_crystals(results, drawn: int) -> int:
+    """How many crystals a random-weight sampling wrote, after checking its accounting.
+
+    Random weights cannot denoise: whether a sample's cell stays sane depends on float rounding
+    (CI's CPU dropped one of two that this machine keeps), so the count is not fixed. What must
+    hold anywhere: every drawn sample is accounted for, at least one is written, and the file
+    holds what generation.json says was written."""
+    generation = json.loads((results / "generation.json").read_text())
+    samples = generation["samples"]
+    assert samples["drawn"] == drawn and samples["failed_batches"] == []
+    assert samples["written"] + samples["failed_sanity_check"] == drawn and samples["written"] >= 1
+    assert generation["num_generated"] == samples["written"]
+    assert len(ase.io.read(results / "generated_crystals.extxyz", ":")) == samples["written"]
+    return samples["written"]
+
+
 def state(model_dir) -> dict:
     return mc.read_checkpoint(model_dir / "checkpoints" / "last.ckpt")["state_dict"]
 
@@ -73,10 +89,8 @@ def test_published_model_finetunes_validates_and_samples(name, published, small_
 
     condition = a_condition(definitions)
     _, out = sample(ft, tmp_path, condition=condition)
-    assert len(ase.io.read(out / "generated_crystals.extxyz", ":")) == 2
     generation = json.loads((out / "generation.json").read_text())
-    assert generation["samples"]["drawn"] == 2 and generation["samples"]["failed_batches"] == []
-    assert generation["num_generated"] == generation["samples"]["written"] == 2
+    written_crystals(out, drawn=2)
     assert generation["sampling_overrides"] == [f"+sampler_partial.max_t={RANDOM_WEIGHTS_START_TIME}"]
     if condition:
         assert set(generation["condition"]) == set(definitions)
@@ -148,7 +162,7 @@ def test_adapter_on_the_real_size_base(published, property_data, tmp_path):
               "--properties", PROPS, "--mode", "adapter", "--max-steps", 1, "--batch-size", 2)
     assert sorted(mc.model_property_definitions(ft)) == ["band_gap", "solid_electrolyte"]
     _, out = sample(ft, tmp_path, condition="band_gap=2,solid_electrolyte=yes")
-    assert len(ase.io.read(out / "generated_crystals.extxyz", ":")) == 2
+    written_crystals(out, drawn=2)
 
 
 def test_a_model_that_cannot_be_sampled_is_one_line(tmp_path):
@@ -174,9 +188,9 @@ def test_make_sample_generates_and_evaluates(name, condition, published, tmp_pat
     args = ["sample", f"MODEL={model}", "NUM_GEN=2", f"CONDITION={condition}", "GUIDANCE=1", f"OUT={out}", "RELAX=0"]
     make(*args)
     results = out / "results"
-    assert len(ase.io.read(results / "generated_crystals.extxyz", ":")) == 2
+    written = written_crystals(results, drawn=2)
     summary = json.loads((results / "metrics_summary.json").read_text())
-    assert summary["count"] == 2 and summary["condition"][name]["target"] is not None
+    assert summary["count"] == written and summary["condition"][name]["target"] is not None
     assert json.loads((results / "generation.json").read_text())["condition"]
     assert "generate.py" not in make("-n", *args).stdout  # complete: a second run would do nothing
     crystals = (results / "generated_crystals.extxyz").read_bytes()
