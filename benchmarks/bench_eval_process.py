@@ -1,0 +1,145 @@
+"""Benchmark: evaluation as a user runs it, whole process against whole process (issue 19).
+
+    python benchmarks/bench_eval_process.py [--structures PATH | --count 334] [--repeat 2]
+
+crygen's side is ``make eval-gen RELAX=0 RESULTS=...`` into a fresh folder each time; MatterGen's
+is a fresh ``python`` doing what MatterGen's ``evaluate`` does without energies, with MatterGen's
+own functions (its ``load_structures``, ``LMDBGZSerializer``, ``MetricsEvaluator``), on the same
+structures and the same reference (crygen's default, in MatterGen's LMDB-gz format). Both compute validity, uniqueness and novelty against that reference, so their values
+must agree; the script checks that they do. Each side's wall time counts everything the user
+waits for: interpreter start, imports, reading the structures and the reference, matching,
+writing. crygen runs twice per round: first as on a new machine (an empty store of the
+reference's reduced forms, ``CRYGEN_REDUCED_FORMS`` pointing at a new file), then with the store
+that run filled. Runs alternate, MatterGen's first in each round; the best of each is compared.
+
+Without ``--structures`` the input is ``--count`` demo crystals changed around the matcher's
+tolerances (``bench_evaluation.near_misses``): matches, rejections and the disordered fallback.
+Results go to stdout and runs/bench/bench_eval_process.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+def write_structures(structures_path: Path | None, count: int, folder: Path) -> Path:
+    """The input as ``generated_crystals.extxyz`` in a results folder both commands read."""
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from crygen.structures import read_structures
+
+    if structures_path:
+        structures = read_structures(structures_path)
+    else:
+        from bench_evaluation import near_misses
+
+        structures = near_misses(count)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "generated_crystals.extxyz"
+    ase.io.write(path, [AseAtomsAdaptor.get_atoms(s) for s in structures], format="extxyz")
+    return path
+
+
+def timed(command: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+# MatterGen's side: what its ``evaluate`` does without relaxation or energies (its command
+# ``mattergen-evaluate --relax=False`` needs an energies file), with its own functions only
+MATTERGEN_SCRIPT = """
+import json, sys
+from pathlib import Path
+from mattergen.common.utils.eval_utils import load_structures
+from mattergen.evaluation.metrics.evaluator import MetricsEvaluator
+from mattergen.evaluation.reference.reference_dataset_serializer import LMDBGZSerializer
+structures = load_structures(Path(sys.argv[1]))
+reference = LMDBGZSerializer().deserialize(sys.argv[2])
+evaluator = MetricsEvaluator.from_structures(structures, reference=reference)
+metrics = evaluator.compute_metrics(metrics=evaluator.available_metrics)
+Path(sys.argv[3]).write_text(json.dumps({k: float(v) for k, v in metrics.items()}))
+"""
+
+
+def run_mattergen(structures: Path, reference: Path, out: Path, env: dict) -> tuple[float, dict]:
+    seconds = timed([str(ROOT / ".venv/bin/python"), "-c", MATTERGEN_SCRIPT, str(structures), str(reference), str(out)],
+                    env)
+    return seconds, json.loads(out.read_text())
+
+
+def run_crygen(results: Path, out: Path, store: Path, env: dict) -> tuple[float, dict]:
+    env = dict(env, CRYGEN_REDUCED_FORMS=str(store))
+    seconds = timed(["make", "--no-print-directory", "eval-gen", f"RESULTS={results}", "RELAX=0",
+                     f"EVAL_OUT={out}"], env)
+    return seconds, json.loads((out / "metrics.json").read_text())
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@click.command()
+@click.option("--structures", "structures_path", default=None, type=click.Path(exists=True, path_type=Path))
+@click.option("--count", default=334, show_default=True, help="near-miss demo crystals, without --structures")
+@click.option("--repeat", default=2, show_default=True, help="rounds, each MatterGen, crygen cold, crygen warm")
+def main(structures_path, count, repeat):
+    from crygen.reference import reference_file
+
+    reference = reference_file("default")
+    env = dict(os.environ, TQDM_DISABLE="1", CRYGEN_LOG_DIR="")
+    work = Path(tempfile.mkdtemp(prefix="bench_eval_process_"))
+    try:
+        structures = write_structures(structures_path, count, work / "results")
+        times: dict[str, list[float]] = {"mattergen": [], "crygen_cold": [], "crygen_warm": []}
+        loads = []
+        values = {}
+        for r in range(repeat):
+            loads.append(loadavg())
+            seconds, saved = run_mattergen(structures, reference, work / f"mattergen{r}.json", env)
+            times["mattergen"].append(seconds)
+            values["mattergen"] = saved
+            store = work / f"reduced_forms{r}.sqlite"  # new each round: the first run is a new machine's
+            for kind in ("crygen_cold", "crygen_warm"):
+                seconds, metrics = run_crygen(structures.parent, work / f"{kind}{r}", store, env)
+                times[kind].append(seconds)
+                values[kind] = metrics
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+        names = set(values["mattergen"]) | set(values["crygen_warm"]) | set(values["crygen_cold"])
+        differ = {k: [values[side].get(k) for side in values] for k in sorted(names)
+                  if len({json.dumps(values[side].get(k)) for side in values}) > 1}
+        best = {k: min(v) for k, v in times.items()}
+        results = {
+            "structures": str(structures_path or f"{count} near-miss demo crystals"), "count_written": count,
+            "cpu_count": os.cpu_count(), "loadavg_before_each_round": loads, "seconds": times, "best": best,
+            "speedup_cold": best["mattergen"] / best["crygen_cold"], "speedup_warm": best["mattergen"] / best["crygen_warm"],
+            "values": values["crygen_warm"], "values_differ": differ,
+        }
+        out = ROOT / "runs" / "bench" / "bench_eval_process.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
+        if differ:
+            raise SystemExit(f"crygen's and MatterGen's values differ: {differ}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
