@@ -101,6 +101,13 @@ def test_a_task_failing_for_good_is_named_and_the_merge_draws_only_its_blocks(tm
     profile["machine"]["retry_count"] = 1
     (tmp_path / "retry-once.json").write_text(json.dumps(profile))
     job_dir = dispatcher.submit(str(tmp_path / "retry-once.json"), "sample", given, {}, echo=lambda line: None)
+    # share 2 fails within a second, so dpdispatcher often retries it before submit returns: the
+    # recorded submission must name the job id it retried with, else a poll retries it again
+    remote_root = Path(json.loads((job_dir / "job.json").read_text())["remote_root"])
+    recorded = json.loads(next(remote_root.glob("*.json")).read_text())
+    for job in recorded["belonging_jobs"]:
+        (job_hash, fields), = job.items()
+        assert str(fields["job_id"]) == (remote_root / f"{job_hash}_job_id").read_text().strip(), fields
     with pytest.raises(CrygenError) as failed:
         dispatcher.fetch(job_dir.name, wait=True, echo=lambda line: None)
     message = str(failed.value)

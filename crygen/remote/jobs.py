@@ -189,6 +189,11 @@ class Dispatcher:
             write_json(job_dir / "job.json", record)
             try:
                 submission.run_submission(exit_on_submit=True, clean=False)
+                # A job that fails within run_submission's first second is resubmitted there, and
+                # exit_on_submit returns without recording it: the next poll would then resubmit the
+                # old job id again, and two runs of one job script share its failure flag (a failed
+                # task then reads as finished). Record the state it returned with.
+                submission.submission_to_json()
             except Exception as e:  # a job that failed at once, or a refused submission
                 raise self.failure(job_dir, submission, e) from None
 
