@@ -7,7 +7,7 @@ class in :data:`POTENTIALS` that predicts energy, forces and stress for a list o
 at once.
 
 The optimiser follows MatterGen's own evaluation (MatterSim's ``BatchRelaxer``): ASE FIRE on
-an ``ExpCellFilter``, converged when the largest force on atoms and cell is below ``fmax``
+an ``ExpCellFilter`` (its matrix logarithm computed faster, :func:`matrix_log`), converged when the largest force on atoms and cell is below ``fmax``
 (0.05 eV/A). Structures enter the batch as others finish, up to ``max_atoms_per_batch``
 atoms, so one model call serves every structure still relaxing; a structure whose
 prediction fails or blows up is marked failed instead of stopping the run.
@@ -16,6 +16,7 @@ prediction fails or blows up is marked failed instead of stopping the run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import warnings
@@ -252,10 +253,40 @@ def relax(
     return results  # type: ignore[return-value]
 
 
+def matrix_log(matrix: np.ndarray) -> np.ndarray:
+    """``scipy.linalg.logm`` of a real 3x3 matrix, from its eigendecomposition.
+
+    ASE's ``ExpCellFilter`` takes the logarithm of the cell's deformation gradient at every
+    force evaluation. SciPy 1.17's ``logm`` spends about 10 ms on a 3x3 matrix (its general
+    Schur-Pade algorithm), more than CHGNet's share of a batched step; this takes 0.05 ms and
+    agrees to rounding (tests/test_relaxation.py). Nearly dependent eigenvectors, or an
+    eigenvalue on the negative real axis, go to SciPy."""
+    w, v = np.linalg.eig(matrix)
+    if np.linalg.cond(v) > 1e6 or np.any((w.imag == 0) & (w.real <= 0)):
+        from scipy.linalg import logm
+
+        return logm(matrix)
+    return ((v * np.log(w)) @ np.linalg.inv(v)).real
+
+
+@functools.cache
+def cell_filter_class() -> type:
+    """ASE's ``ExpCellFilter`` (MatterGen's and MatterSim's choice) with :func:`matrix_log` as its
+    matrix logarithm: ``__init__`` keeps ``logm`` on the instance and ``get_forces`` calls only
+    that (ase 3.25.0, as pinned; tests/test_relaxation.py compares the forces with ASE's own)."""
+    from ase.filters import ExpCellFilter
+
+    class ExpCellFilterFastLog(ExpCellFilter):
+        def __init__(self, atoms, *args, **kwargs):
+            super().__init__(atoms, *args, **kwargs)
+            self.logm = matrix_log
+
+    return ExpCellFilterFastLog
+
+
 def _fill_batch(structures: Sequence[Any], pending: list[int], active: dict[int, tuple[Any, Any, list]],
                 max_atoms_per_batch: int) -> None:
     """Start structures (from the end of ``pending``) as others finish, never above the atom budget."""
-    from ase.filters import ExpCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -265,7 +296,7 @@ def _fill_batch(structures: Sequence[Any], pending: list[int], active: dict[int,
         atoms = AseAtomsAdaptor.get_atoms(structures[i])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            opt = FIRE(ExpCellFilter(atoms), logfile=None)
+            opt = FIRE(cell_filter_class()(atoms), logfile=None)
         active[i] = (atoms, opt, [0])
 
 

@@ -49,6 +49,48 @@ def test_batched_relaxation_equals_ases_own_optimizer_with_chgnets_calculator(ch
     assert batched[0].energy < start
 
 
+def test_matrix_log_is_scipys_logm():
+    """On deformation gradients as relaxations make them (near the identity, sheared, rotated,
+    isotropic, with a complex pair of eigenvalues) and on those it leaves to SciPy."""
+    from scipy.linalg import logm
+    from scipy.spatial.transform import Rotation
+
+    from crygen.relaxation import matrix_log
+
+    rng = np.random.default_rng(0)
+    matrices = [np.eye(3), 1.07 * np.eye(3), np.diag([0.9, 1.0, 1.2]),
+                Rotation.from_rotvec([0.1, -0.2, 0.3]).as_matrix() * 1.05,  # a complex pair
+                np.array([[1.0, 1e-9, 0], [0, 1.0, 0], [0, 0, 1.0]]),  # defective: left to SciPy
+                np.diag([-1.0, 1.0, 1.0])]  # a negative eigenvalue: left to SciPy
+    matrices += [np.eye(3) + scale * rng.standard_normal((3, 3)) for scale in (1e-6, 0.01, 0.1, 0.3) for _ in range(25)]
+    for m in matrices:
+        ours, scipys = matrix_log(m), logm(m)
+        assert ours.dtype == scipys.dtype and np.abs(ours - scipys).max() <= 1e-12 * max(1.0, np.abs(scipys).max()), m
+
+
+def test_cell_filter_gives_ases_own_forces(chgnet):
+    """The filter the relaxation uses against ASE's ExpCellFilter at the same states: strained,
+    sheared and relaxed-for-a-while cells (where the exact and the naive cell gradients part)."""
+    from ase.filters import ExpCellFilter
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from crygen.relaxation import _attach, cell_filter_class
+
+    rng = np.random.default_rng(1)
+    for s in demo_structures(4):
+        atoms = AseAtomsAdaptor.get_atoms(s)
+        ours, theirs = cell_filter_class()(atoms.copy()), ExpCellFilter(atoms.copy())
+        for shear in (0.0, 0.05, 0.3):
+            deformation = np.eye(3) + shear * rng.standard_normal((3, 3))
+            positions = theirs.get_positions()
+            positions[len(atoms):] = deformation
+            for f in (ours, theirs):
+                f.set_positions(positions)
+                _attach(f.atoms, *chgnet.predict([f.atoms])[0])
+            assert np.abs(ours.get_forces() - theirs.get_forces()).max() <= 1e-9
+            assert np.array_equal(ours.atoms.cell.array, theirs.atoms.cell.array)
+
+
 def test_one_backward_pass_gives_chgnets_forces_and_stress(chgnet, monkeypatch):
     import contextlib
 
