@@ -7,8 +7,8 @@ class in :data:`POTENTIALS` that predicts energy, forces and stress for a list o
 at once.
 
 The optimiser follows MatterGen's own evaluation (MatterSim's ``BatchRelaxer``): ASE FIRE on
-an ``ExpCellFilter`` (its matrix logarithm computed faster, :func:`matrix_log`), converged when the largest force on atoms and cell is below ``fmax``
-(0.05 eV/A). Structures enter the batch as others finish, up to ``max_atoms_per_batch``
+an ``ExpCellFilter`` (its matrix logarithm computed faster, :func:`matrix_log`), converged when
+the largest force on atoms and cell is below ``fmax`` (0.05 eV/A). Structures enter the batch as others finish, up to ``max_atoms_per_batch``
 atoms, so one model call serves every structure still relaxing; a structure whose
 prediction fails or blows up is marked failed instead of stopping the run.
 """
@@ -257,7 +257,7 @@ def matrix_log(matrix: np.ndarray) -> np.ndarray:
     """``scipy.linalg.logm`` of a real 3x3 matrix, from its eigendecomposition.
 
     ASE's ``ExpCellFilter`` takes the logarithm of the cell's deformation gradient at every
-    force evaluation. SciPy 1.17's ``logm`` spends about 10 ms on a 3x3 matrix (its general
+    force evaluation. SciPy 1.17's ``logm`` spends 10-25 ms on a 3x3 matrix (its general
     Schur-Pade algorithm), more than CHGNet's share of a batched step; this takes 0.05 ms and
     agrees to rounding (tests/test_relaxation.py). Nearly dependent eigenvectors, or an
     eigenvalue on the negative real axis, go to SciPy."""
