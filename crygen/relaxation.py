@@ -8,9 +8,10 @@ at once.
 
 The optimiser follows MatterGen's own evaluation (MatterSim's ``BatchRelaxer``): ASE FIRE on
 an ``ExpCellFilter`` (its matrix logarithm computed faster, :func:`matrix_log`), converged when
-the largest force on atoms and cell is below ``fmax`` (0.05 eV/A). Structures enter the batch as others finish, up to ``max_atoms_per_batch``
-atoms, so one model call serves every structure still relaxing; a structure whose
-prediction fails or blows up is marked failed instead of stopping the run.
+the largest force on atoms and cell is below ``fmax`` (0.05 eV/A). Structures enter the batch
+as others finish, up to ``max_atoms_per_batch`` atoms, so one model call serves every structure
+still relaxing; a structure whose prediction fails or blows up is marked failed instead of
+stopping the run.
 """
 
 from __future__ import annotations
