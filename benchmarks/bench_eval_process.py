@@ -5,8 +5,9 @@
 crygen's side is ``make eval-gen RELAX=0 RESULTS=...`` into a fresh folder each time; MatterGen's
 is a fresh ``python`` doing what MatterGen's ``evaluate`` does without energies, with MatterGen's
 own functions (its ``load_structures``, ``LMDBGZSerializer``, ``MetricsEvaluator``), on the same
-structures and the same reference (crygen's default, in MatterGen's LMDB-gz format). Both compute validity, uniqueness and novelty against that reference, so their values
-must agree; the script checks that they do. Each side's wall time counts everything the user
+structures and the same reference (crygen's default, in MatterGen's LMDB-gz format). Both
+compute validity, uniqueness and novelty against that reference, so their values must agree;
+the script checks that they do. Each side's wall time counts everything the user
 waits for: interpreter start, imports, reading the structures and the reference, matching,
 writing. crygen runs twice per round: first as on a new machine (an empty store of the
 reference's reduced forms, ``CRYGEN_REDUCED_FORMS`` pointing at a new file), then with the store
@@ -34,8 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-def write_structures(structures_path: Path | None, count: int, folder: Path) -> Path:
-    """The input as ``generated_crystals.extxyz`` in a results folder both commands read."""
+
+def write_structures(structures_path: Path | None, count: int, folder: Path) -> tuple[Path, int]:
+    """The input as ``generated_crystals.extxyz`` in a results folder both commands read, and
+    how many structures it holds."""
     import ase.io
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -50,7 +53,7 @@ def write_structures(structures_path: Path | None, count: int, folder: Path) -> 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "generated_crystals.extxyz"
     ase.io.write(path, [AseAtomsAdaptor.get_atoms(s) for s in structures], format="extxyz")
-    return path
+    return path, len(structures)
 
 
 def timed(command: list[str], env: dict) -> float:
@@ -106,7 +109,7 @@ def main(structures_path, count, repeat):
     env = dict(os.environ, TQDM_DISABLE="1", CRYGEN_LOG_DIR="")
     work = Path(tempfile.mkdtemp(prefix="bench_eval_process_"))
     try:
-        structures = write_structures(structures_path, count, work / "results")
+        structures, written = write_structures(structures_path, count, work / "results")
         times: dict[str, list[float]] = {"mattergen": [], "crygen_cold": [], "crygen_warm": []}
         loads = []
         values = {}
@@ -126,7 +129,7 @@ def main(structures_path, count, repeat):
                   if len({json.dumps(values[side].get(k)) for side in values}) > 1}
         best = {k: min(v) for k, v in times.items()}
         results = {
-            "structures": str(structures_path or f"{count} near-miss demo crystals"), "count_written": count,
+            "structures": str(structures_path or f"{count} near-miss demo crystals"), "count_written": written,
             "cpu_count": os.cpu_count(), "loadavg_before_each_round": loads, "seconds": times, "best": best,
             "speedup_cold": best["mattergen"] / best["crygen_cold"], "speedup_warm": best["mattergen"] / best["crygen_warm"],
             "values": values["crygen_warm"], "values_differ": differ,

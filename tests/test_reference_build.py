@@ -209,7 +209,8 @@ def test_embedded_models_crystals_stand_on_compounds_of_the_default_hull(tmp_pat
     results = tmp_path / "results"
     run_stage("generate", "--model", BASE_MODEL, "--out", results, "--num-gen", "64", "--seed", "42", "--device", "cpu")
     out = tmp_path / "eval"
-    # two shards relax the 64 on both cores: the same parts, hence energies, as one process (test_shards)
+    # two shards of one thread relax the 64 on both cores (CI's time); the metrics are computed
+    # once on all of them, as one process would (test_shards)
     run_stage("evaluate_generated", "--results", results, "--out", out, "--shards", "2", "--threads", "1")
     summary = json.loads((out / "metrics_summary.json").read_text())
     assert "withheld_metrics" not in summary
