@@ -1,6 +1,6 @@
 """Benchmark: evaluation as a user runs it, whole process against whole process (issue 19).
 
-    python benchmarks/bench_eval_process.py [--structures PATH | --count 334] [--repeat 2]
+    python benchmarks/bench_eval_process.py [--structures PATH | --count 334] [--repeat 2] [--old DIR]
 
 crygen's side is ``make eval-gen RELAX=0 RESULTS=...`` into a fresh folder each time; MatterGen's
 is a fresh ``python`` doing what MatterGen's ``evaluate`` does without energies, with MatterGen's
@@ -56,9 +56,9 @@ def write_structures(structures_path: Path | None, count: int, folder: Path) -> 
     return path, len(structures)
 
 
-def timed(command: list[str], env: dict) -> float:
+def timed(command: list[str], env: dict, cwd: Path = ROOT) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
@@ -87,10 +87,13 @@ def run_mattergen(structures: Path, reference: Path, out: Path, env: dict) -> tu
     return seconds, json.loads(out.read_text())
 
 
-def run_crygen(results: Path, out: Path, store: Path, env: dict) -> tuple[float, dict]:
+def run_crygen(results: Path, out: Path, store: Path, env: dict, checkout: Path = ROOT) -> tuple[float, dict]:
     env = dict(env, CRYGEN_REDUCED_FORMS=str(store))
-    seconds = timed(["make", "--no-print-directory", "eval-gen", f"RESULTS={results}", "RELAX=0",
-                     f"EVAL_OUT={out}"], env)
+    command = ["make", "--no-print-directory", "eval-gen", f"RESULTS={results}", "RELAX=0", f"EVAL_OUT={out}"]
+    if checkout != ROOT:  # its crygen first on the path; this one's set-up kept (not redone for it)
+        env["PYTHONPATH"] = str(checkout)
+        command.append("ENV_READY=1")
+    seconds = timed(command, env, checkout)
     return seconds, json.loads((out / "metrics.json").read_text())
 
 
@@ -102,7 +105,10 @@ def loadavg() -> str:
 @click.option("--structures", "structures_path", default=None, type=click.Path(exists=True, path_type=Path))
 @click.option("--count", default=334, show_default=True, help="near-miss demo crystals, without --structures")
 @click.option("--repeat", default=2, show_default=True, help="rounds, each MatterGen, crygen cold, crygen warm")
-def main(structures_path, count, repeat):
+@click.option("--old", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="a checkout of an earlier crygen (set up, or its .venv and data linked to this one's), "
+                   "run cold and warm in each round too: the old code against the new in one run")
+def main(structures_path, count, repeat, old):
     from crygen.reference import reference_file
 
     reference = reference_file("default")
@@ -110,7 +116,10 @@ def main(structures_path, count, repeat):
     work = Path(tempfile.mkdtemp(prefix="bench_eval_process_"))
     try:
         structures, written = write_structures(structures_path, count, work / "results")
-        times: dict[str, list[float]] = {"mattergen": [], "crygen_cold": [], "crygen_warm": []}
+        sides = {"crygen_cold": ROOT, "crygen_warm": ROOT}
+        if old:
+            sides.update({"old_cold": old, "old_warm": old})
+        times: dict[str, list[float]] = {"mattergen": [], **{kind: [] for kind in sides}}
         loads = []
         values = {}
         for r in range(repeat):
@@ -118,13 +127,14 @@ def main(structures_path, count, repeat):
             seconds, saved = run_mattergen(structures, reference, work / f"mattergen{r}.json", env)
             times["mattergen"].append(seconds)
             values["mattergen"] = saved
-            store = work / f"reduced_forms{r}.sqlite"  # new each round: the first run is a new machine's
-            for kind in ("crygen_cold", "crygen_warm"):
-                seconds, metrics = run_crygen(structures.parent, work / f"{kind}{r}", store, env)
+            for kind, checkout in sides.items():
+                # a new store for each cold run: the cold run is a new machine's, the warm one reuses it
+                store = work / f"reduced_forms{r}_{kind.split('_')[0]}.sqlite"
+                seconds, metrics = run_crygen(structures.parent, work / f"{kind}{r}", store, env, checkout)
                 times[kind].append(seconds)
                 values[kind] = metrics
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
-        names = set(values["mattergen"]) | set(values["crygen_warm"]) | set(values["crygen_cold"])
+        names = set().union(*values.values())
         differ = {k: [values[side].get(k) for side in values] for k in sorted(names)
                   if len({json.dumps(values[side].get(k)) for side in values}) > 1}
         best = {k: min(v) for k, v in times.items()}
@@ -132,6 +142,8 @@ def main(structures_path, count, repeat):
             "structures": str(structures_path or f"{count} near-miss demo crystals"), "count_written": written,
             "cpu_count": os.cpu_count(), "loadavg_before_each_round": loads, "seconds": times, "best": best,
             "speedup_cold": best["mattergen"] / best["crygen_cold"], "speedup_warm": best["mattergen"] / best["crygen_warm"],
+            **({"new_over_old_cold": best["old_cold"] / best["crygen_cold"],
+                "new_over_old_warm": best["old_warm"] / best["crygen_warm"]} if old else {}),
             "values": values["crygen_warm"], "values_differ": differ,
         }
         out = ROOT / "runs" / "bench" / "bench_eval_process.json"

@@ -3,6 +3,8 @@ decides them, the reduced-form store, and MatterGen's dataset copies."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from tests.helpers import demo_structures
@@ -100,6 +102,59 @@ def test_near_misses_give_mattergens_values_with_a_cold_and_a_warm_store(default
         assert evaluate(structures, reference).metrics == theirs  # warm
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT COUNT(*) FROM reduced").fetchone()[0] > 0
+
+
+def test_matching_ahead_in_a_child_gives_this_process_own_evaluation(default_reference, tmp_path, monkeypatch):
+    """Matching in a forked child while MatterGen's evaluator is imported (``matching_ahead``):
+    the evaluation equals this process's own; the child's answer is taken; a child that grouped
+    otherwise than MatterGen, or failed, is refused and the parent matches itself."""
+    import crygen.evaluation.matching_ahead as ahead
+    from crygen.evaluation import evaluate, mattergen_hooks
+
+    monkeypatch.setenv("CRYGEN_REDUCED_FORMS", str(tmp_path / "reduced_forms.sqlite"))
+    structures = [s for s in matcher_cases() if s.is_ordered][:150]
+    taken: list[bool] = []
+    real_answer, real_start, real_match = ahead.MatchingAhead.answer, ahead.MatchingAhead.start.__func__, \
+        mattergen_hooks.match_groups
+
+    def answer(self, data, dataset):
+        got = real_answer(self, data, dataset)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(ahead.MatchingAhead, "answer", answer)
+    monkeypatch.setattr(ahead, "_second_core_allowed", lambda: False)
+    alone = evaluate(structures, default_reference)
+    assert taken == []
+    monkeypatch.setattr(ahead, "_second_core_allowed", lambda: True)
+    assert 0 < alone.metrics["frac_novel_structures"] < 1 and 0 < alone.metrics["frac_unique_structures"] < 1
+
+    def same(result):
+        assert result.metrics == alone.metrics and result.table == alone.table
+
+    same(evaluate(structures, default_reference))
+    assert taken == [True]
+
+    def regrouped(cls, *args):  # the child's groups told otherwise than they were
+        started = real_start(cls, *args)
+        first = next(iter(started.groups))
+        started.groups[first] = [*started.groups[first], -1]
+        return started
+
+    monkeypatch.setattr(ahead.MatchingAhead, "start", classmethod(regrouped))
+    same(evaluate(structures, default_reference))
+    assert taken == [True, False]
+    monkeypatch.setattr(ahead.MatchingAhead, "start", classmethod(real_start))
+    parent = os.getpid()
+
+    def failing_in_the_child(*args):
+        if os.getpid() != parent:
+            raise RuntimeError("the child failed")
+        return real_match(*args)
+
+    monkeypatch.setattr(mattergen_hooks, "match_groups", failing_in_the_child)
+    same(evaluate(structures, default_reference))
+    assert taken == [True, False, False]
 
 
 def test_reduced_form_store_gives_back_what_pymatgen_computes(tmp_path):

@@ -271,16 +271,21 @@ def _copy_as(matcher: Any, cls: type) -> Any:
 
 def _dataset(capability: Any) -> Any:
     """MatterGen's ``BaseMetricsCapability.dataset``: a copy of each structure summary's entry,
-    numbered, as a ``ReferenceDataset``. The copies are made by a pickle round trip instead of
-    ``deepcopy`` (half the time): the same attributes, floats bit for bit, nothing shared with
-    the caller's entries (grouping by formula removes oxidation states from the copies in place)."""
+    numbered, as a ``ReferenceDataset`` (:func:`numbered_dataset`)."""
+    return numbered_dataset([s.entry for s in capability._structure_summaries])
+
+
+def numbered_dataset(entries: Sequence[Any]) -> Any:
+    """A copy of each entry, numbered, as a ``ReferenceDataset`` (as MatterGen's
+    ``BaseMetricsCapability.dataset`` makes it). The copies are made by a pickle round trip
+    instead of ``deepcopy`` (half the time): the same attributes, floats bit for bit, nothing
+    shared with the caller's entries (grouping by formula removes oxidation states from the
+    copies in place)."""
     import pickle
 
     from mattergen.evaluation.reference.reference_dataset import ReferenceDataset
 
-    entries = [pickle.loads(pickle.dumps(s.entry, protocol=pickle.HIGHEST_PROTOCOL))
-               for s in capability._structure_summaries]
-    for i, e in enumerate(entries):
+    copies = [pickle.loads(pickle.dumps(e, protocol=pickle.HIGHEST_PROTOCOL)) for e in entries]
+    for i, e in enumerate(copies):
         e.entry_id = i
-    return ReferenceDataset.from_entries("data_entries", entries)
-
+    return ReferenceDataset.from_entries("data_entries", copies)

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from crygen import patches
 from crygen.evaluation.matching import PreparedMatcher, ReducedFormStore, _dataset
+
+if TYPE_CHECKING:
+    from crygen.evaluation.matching_ahead import MatchingAhead
 
 
 @contextlib.contextmanager
@@ -34,22 +37,22 @@ def answer_is_ordered(reference: Any, ordered: bool) -> None:
     patches.fill("reference.is_ordered", reference, ordered)
 
 
-def precompute(capability: Any, store: Path | None = None) -> dict[int, tuple[bool, bool]]:
+def precompute(capability: Any, store: Path | None = None,
+               ahead: "MatchingAhead | None" = None) -> dict[int, tuple[bool, bool]]:
     """Per-structure validity checks, and uniqueness and novelty filled into ``capability``:
     MatterGen's own loops (``get_unique``, ``get_matches``) on MatterGen's own groups, with
     :class:`PreparedMatcher` deciding each pair as MatterGen's matcher does.
 
     Returns the checks by ``id`` of the structure (see :func:`answered_checks`). Uniqueness and
     novelty are left to MatterGen's own path for anything but ordered structures and the default
-    matcher. ``store``: where the reference's reduced forms are kept (:class:`ReducedFormStore`)."""
+    matcher. ``store``: where the reference's reduced forms are kept (:class:`ReducedFormStore`);
+    ``ahead``: the same matching started in a child process (taken if it grouped as MatterGen did)."""
     from mattergen.evaluation.metrics import structure as metrics
     from mattergen.evaluation.utils.dataset_matcher import (
         OrderedDatasetMatcher,
         OrderedDatasetUniquenessComputer,
         get_global_match_dict_from_local_dict,
         get_mask_from_local_index,
-        get_matches,
-        get_unique,
     )
     from mattergen.evaluation.utils.structure_matcher import DefaultDisorderedStructureMatcher
 
@@ -64,11 +67,27 @@ def precompute(capability: Any, store: Path | None = None) -> dict[int, tuple[bo
     if "dataset" not in capability.__dict__:  # not computed yet
         patches.fill("evaluation.dataset", capability, _dataset(capability))
     data = capability.dataset.entries_by_reduced_formula
-    lookup = capability.reference_dataset.entries_by_reduced_formula
+    answer = ahead.answer(data, capability.reference_dataset) if ahead is not None else None
+    if answer is not None:
+        unique, local_matches, reference = answer
+    else:
+        lookup = capability.reference_dataset.entries_by_reduced_formula
+        reference = {k: list(lookup[k]) for k in data if k in lookup}  # each group read once
+        unique, local_matches = match_groups(data, reference, store)
+    patches.fill("evaluation.is_unique", capability, get_mask_from_local_index(data, unique))
+    patches.fill("evaluation.matches_in_reference", capability,
+                 get_global_match_dict_from_local_dict(data, reference, local_matches))
+    return checks
+
+
+def match_groups(data: Any, reference: dict[str, list], store: Path | None) -> tuple[dict, dict]:
+    """MatterGen's ``get_unique`` and ``get_matches`` on each formula's group of ``data`` (MatterGen's
+    entries by reduced formula) and its ``reference`` entries: local indices by formula."""
+    from mattergen.evaluation.utils.dataset_matcher import get_matches, get_unique
+
     matcher = PreparedMatcher(ReducedFormStore(store))
     try:
         groups = {k: [matcher.prepare(e.structure) for e in entries] for k, entries in data.items()}
-        reference = {k: list(lookup[k]) for k in data if k in lookup}  # each group read once
         matcher.store.prefetch([e.structure for entries in reference.values() for e in entries])
         unique = {k: get_unique(matcher, group) for k, group in groups.items()}
         local_matches: dict[str, dict] = {k: {} for k in data}
@@ -77,10 +96,7 @@ def precompute(capability: Any, store: Path | None = None) -> dict[int, tuple[bo
                 matcher, groups[k], [matcher.prepare(e.structure, stored=True) for e in entries]))
     finally:
         matcher.store.close()
-    patches.fill("evaluation.is_unique", capability, get_mask_from_local_index(data, unique))
-    patches.fill("evaluation.matches_in_reference", capability,
-                 get_global_match_dict_from_local_dict(data, reference, local_matches))
-    return checks
+    return unique, local_matches
 
 
 @contextlib.contextmanager

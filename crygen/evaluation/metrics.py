@@ -63,6 +63,21 @@ def evaluate(
     ``energy_correction_scheme``. A structure with a non-finite energy is a failed relaxation:
     as in MatterGen it is left out and counted in ``n_failed_jobs``.
     """
+    dataset = _mattergen_dataset(reference)
+    ordered = _is_ordered(reference, dataset)
+    with contextlib.ExitStack() as ahead_stack:
+        ahead = None
+        if energies is None and ordered:  # matched by a child while MatterGen's evaluator is imported
+            from crygen.evaluation.matching_ahead import MatchingAhead
+
+            ahead = MatchingAhead.start(structures, dataset, reduced_form_store_path())
+            if ahead is not None:
+                ahead_stack.callback(ahead.close)
+        return _evaluate(structures, dataset, ordered, energies, original_structures, energy_correction, ahead)
+
+
+def _evaluate(structures: Sequence[Any], dataset: Any, ordered: bool, energies: Sequence[float] | None,
+              original_structures: Sequence[Any] | None, energy_correction: str, ahead: Any) -> Evaluation:
     # imported before anything warns: their import resets the record of warnings already shown
     import mattergen.evaluation.metrics.evaluator  # noqa: F401
     import mattergen.evaluation.metrics.structure  # noqa: F401
@@ -70,7 +85,6 @@ def evaluate(
 
     from crygen.reference import terminal_elements_with_energy
 
-    dataset = _mattergen_dataset(reference)
     n = len(structures)
     has_energy = energies is not None
     ok = [i for i in range(n) if not has_energy or np.isfinite(energies[i])]
@@ -79,14 +93,14 @@ def evaluate(
     covered = [all(el.symbol in terminals for el in s.composition.elements) for s in structures]
 
     logging.getLogger("MatterGen").setLevel(logging.ERROR)  # coverage is reported below, once
-    answer_is_ordered(dataset, _is_ordered(reference, dataset))
+    answer_is_ordered(dataset, ordered)
     with contextlib.ExitStack() as stack:
         # Structure matching inverts tens of thousands of 3x3 matrices: a multi-threaded BLAS
         # spends more waking its threads than computing (several times more on a busy machine).
         stack.enter_context(threadpool_limits(limits=1))
         stack.enter_context(fast_smact_validity())
         evaluator = _evaluator(summaries, dataset, has_energy, n - len(ok))
-        stack.enter_context(answered_checks(precompute(evaluator.structure_capability, reduced_form_store_path())))
+        stack.enter_context(answered_checks(precompute(evaluator.structure_capability, reduced_form_store_path(), ahead)))
         chosen = _computable(evaluator.available_metrics, dataset)
         metrics = {k: _plain(v) for k, v in evaluator.compute_metrics(metrics=chosen).items()}
         per_metric = _pre_aggregation(evaluator, chosen, len(ok))
