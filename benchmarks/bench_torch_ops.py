@@ -1,21 +1,27 @@
-"""Issue 19's figure: sampling with crygen's plain-PyTorch torch_scatter/torch_sparse operations
-against the compiled packages. Not a test; needs the compiled ones (make setup-compiled-ops).
+"""Issue 19's figures: sampling and training with crygen's plain-PyTorch torch_scatter/torch_sparse
+operations against the compiled packages. Not a test; needs the compiled ones (make
+setup-compiled-ops).
 
-    python benchmarks/bench_torch_ops.py [--num 64] [--repeats 2] [--threads 1]
+    python benchmarks/bench_torch_ops.py [--num 64] [--repeats 2] [--threads 1] [--train-steps 20]
 
 Each run is a fresh process sampling ``--num`` crystals in one batch from the embedded model
 (its 250 steps, crygen's speed-ups on), with the compiled packages importable ("compiled") or
 hidden from the import system, so that crygen's provided modules serve MatterGen ("plain").
-Alternating order, best of the rounds; the crystals of the two must be equal. Results go to
-stdout and runs/bench/torch_ops.json.
+Alternating order, best of the rounds; the crystals of the two must be equal. Training: the
+same alternation of fresh processes running ``stages/finetune.py`` on the demo crystals
+(prepared once, as ``make pipeline`` prepares them) for ``--train-steps`` steps of batch 32,
+timed whole (the same start-up on both sides). Results go to stdout and runs/bench/torch_ops.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -38,26 +44,63 @@ assert provided_modules.provided("torch_scatter") == (sys.argv[2] == "plain")
 print(json.dumps({"seconds": result.seconds, "crystals": [s.as_dict() for s in result.structures]}))
 """
 
+# a stage run as its own script would run, after the import system's change above
+STAGE = WITHOUT_COMPILED_OPS + """
+import runpy
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def time_training(how: str, data: Path, work: Path, steps: int) -> float:
+    """Seconds of a whole ``stages/finetune.py`` process, ``how``: compiled or plain."""
+    out = work / f"finetune_{how}"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", STAGE, str(ROOT / "stages" / "finetune.py"), "--base-model",
+                    str(ROOT / "data" / "base_model"), "--data", str(data), "--out", str(out), "--epochs", "1",
+                    "--max-steps", str(steps), "--device", "cpu"], capture_output=True, text=True, check=True, cwd=ROOT,
+                   env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0", "CRYGEN_LOG_DIR": ""})
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out)
+    return seconds
+
 
 @click.command()
 @click.option("--num", default=64, show_default=True)
 @click.option("--repeats", default=2, show_default=True)
 @click.option("--threads", default=1, show_default=True)
-def main(num: int, repeats: int, threads: int):
+@click.option("--train-steps", default=20, show_default=True, help="0: no training runs")
+def main(num: int, repeats: int, threads: int, train_steps: int):
     times: dict[str, list[float]] = {"compiled": [], "plain": []}
+    training: dict[str, list[float]] = {"compiled": [], "plain": []}
     crystals = {}
-    for r in range(repeats):
-        for how in (("compiled", "plain") if r % 2 == 0 else ("plain", "compiled")):
-            proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "data" / "base_model"), how, str(num),
-                                   str(threads)], capture_output=True, text=True, check=True, cwd=ROOT,
-                                  env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0"})
-            out = json.loads(proc.stdout.strip().splitlines()[-1])
-            times[how].append(round(out["seconds"], 1))
-            crystals[how] = out["crystals"]
-            print(f"{how}: {times[how][-1]} s sampling", file=sys.stderr, flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench_torch_ops_"))
+    try:
+        data = work / "data"
+        if train_steps:
+            subprocess.run([sys.executable, str(ROOT / "stages" / "prepare_data.py"), "--input",
+                            str(ROOT / "data" / "alexandria" / "alexandria-random-1k.xyz"), "--out", str(data)],
+                           capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "CRYGEN_LOG_DIR": ""})
+        for r in range(repeats):
+            for how in (("compiled", "plain") if r % 2 == 0 else ("plain", "compiled")):
+                proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "data" / "base_model"), how, str(num),
+                                       str(threads)], capture_output=True, text=True, check=True, cwd=ROOT,
+                                      env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0"})
+                out = json.loads(proc.stdout.strip().splitlines()[-1])
+                times[how].append(round(out["seconds"], 1))
+                crystals[how] = out["crystals"]
+                print(f"{how}: {times[how][-1]} s sampling", file=sys.stderr, flush=True)
+                if train_steps:
+                    training[how].append(round(time_training(how, data, work, train_steps), 1))
+                    print(f"{how}: {training[how][-1]} s training process", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     report = {"num": num, "threads": threads, "sampling_s": times,
               "plain_over_compiled": round(min(times["plain"]) / min(times["compiled"]), 3),
               "same_crystals": crystals["plain"] == crystals["compiled"]}
+    if train_steps:
+        report.update({"train_steps": train_steps, "training_process_s": training,
+                       "training_plain_over_compiled": round(min(training["plain"]) / min(training["compiled"]), 3)})
     out = ROOT / "runs" / "bench" / "torch_ops.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
