@@ -2,7 +2,7 @@
 operations against the compiled packages. Not a test; needs the compiled ones (make
 setup-compiled-ops).
 
-    python benchmarks/bench_torch_ops.py [--num 64] [--repeats 2] [--threads 1] [--train-steps 20]
+    python benchmarks/bench_torch_ops.py [--num 64] [--repeats 2] [--threads 1] [--train-steps 60]
 
 Each run is a fresh process sampling ``--num`` crystals in one batch from the embedded model
 (its 250 steps, crygen's speed-ups on), with the compiled packages importable ("compiled") or
@@ -10,13 +10,14 @@ hidden from the import system, so that crygen's provided modules serve MatterGen
 Alternating order, best of the rounds; the crystals of the two must be equal. Training: the
 same alternation of fresh processes running ``stages/finetune.py`` on the demo crystals
 (prepared once, as ``make pipeline`` prepares them) for ``--train-steps`` steps of batch 32,
-timed whole (the same start-up on both sides). Results go to stdout and runs/bench/torch_ops.json.
+timed whole and per step (between the stage's first and last progress lines, whole seconds). Results go to stdout and runs/bench/torch_ops.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,27 +53,33 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def time_training(how: str, data: Path, work: Path, steps: int) -> float:
-    """Seconds of a whole ``stages/finetune.py`` process, ``how``: compiled or plain."""
+def time_training(how: str, data: Path, work: Path, steps: int) -> tuple[float, float]:
+    """A whole ``stages/finetune.py`` process, ``how``: compiled or plain: its seconds, and the
+    seconds per training step between its first and last progress lines (start-up left out)."""
     out = work / f"finetune_{how}"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", STAGE, str(ROOT / "stages" / "finetune.py"), "--base-model",
-                    str(ROOT / "data" / "base_model"), "--data", str(data), "--out", str(out), "--epochs", "1",
-                    "--max-steps", str(steps), "--device", "cpu"], capture_output=True, text=True, check=True, cwd=ROOT,
-                   env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0", "CRYGEN_LOG_DIR": ""})
+    proc = subprocess.run([sys.executable, "-c", STAGE, str(ROOT / "stages" / "finetune.py"), "--base-model",
+                           str(ROOT / "data" / "base_model"), "--data", str(data), "--out", str(out), "--epochs", "1",
+                           "--max-steps", str(steps), "--device", "cpu"], capture_output=True, text=True, check=True,
+                          cwd=ROOT, env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0",
+                                         "CRYGEN_LOG_DIR": ""})
     seconds = time.perf_counter() - start
     shutil.rmtree(out)
-    return seconds
+    # "finetune: epoch 0 step 12/60 loss 6.793 (13 s)", every tenth of the steps
+    progress = [(int(m[1]), int(m[2])) for m in re.finditer(r"step (\d+)/\d+ .*\((\d+) s\)", proc.stdout + proc.stderr)]
+    (step_0, t_0), (step_1, t_1) = progress[0], progress[-1]
+    return seconds, (t_1 - t_0) / (step_1 - step_0)
 
 
 @click.command()
 @click.option("--num", default=64, show_default=True)
 @click.option("--repeats", default=2, show_default=True)
 @click.option("--threads", default=1, show_default=True)
-@click.option("--train-steps", default=20, show_default=True, help="0: no training runs")
+@click.option("--train-steps", default=60, show_default=True, help="0: no training runs")
 def main(num: int, repeats: int, threads: int, train_steps: int):
     times: dict[str, list[float]] = {"compiled": [], "plain": []}
     training: dict[str, list[float]] = {"compiled": [], "plain": []}
+    per_step: dict[str, list[float]] = {"compiled": [], "plain": []}
     crystals = {}
     work = Path(tempfile.mkdtemp(prefix="bench_torch_ops_"))
     try:
@@ -91,16 +98,20 @@ def main(num: int, repeats: int, threads: int, train_steps: int):
                 crystals[how] = out["crystals"]
                 print(f"{how}: {times[how][-1]} s sampling", file=sys.stderr, flush=True)
                 if train_steps:
-                    training[how].append(round(time_training(how, data, work, train_steps), 1))
-                    print(f"{how}: {training[how][-1]} s training process", file=sys.stderr, flush=True)
+                    process_s, step_s = time_training(how, data, work, train_steps)
+                    training[how].append(round(process_s, 1))
+                    per_step[how].append(round(step_s, 3))
+                    print(f"{how}: {training[how][-1]} s training process, {per_step[how][-1]} s per step",
+                          file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {"num": num, "threads": threads, "sampling_s": times,
               "plain_over_compiled": round(min(times["plain"]) / min(times["compiled"]), 3),
               "same_crystals": crystals["plain"] == crystals["compiled"]}
     if train_steps:
-        report.update({"train_steps": train_steps, "training_process_s": training,
-                       "training_plain_over_compiled": round(min(training["plain"]) / min(training["compiled"]), 3)})
+        report.update({"train_steps": train_steps, "training_process_s": training, "training_step_s": per_step,
+                       "training_process_plain_over_compiled": round(min(training["plain"]) / min(training["compiled"]), 3),
+                       "training_step_plain_over_compiled": round(min(per_step["plain"]) / min(per_step["compiled"]), 3)})
     out = ROOT / "runs" / "bench" / "torch_ops.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
