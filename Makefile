@@ -82,7 +82,7 @@ COMMAND_LINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(orig
 # editing a variable, or those files, redoes exactly the stages concerned, and a second
 # identical run does nothing. They are compared here and remade by a rule (a changed one
 # through FORCE), so `make -n` plans truly and writes nothing.
-STAMPED_GOALS := $(filter-out $(NO_STAGE_GOALS) eval-gen reference remote remote-share sample,$(MAKECMDGOALS))
+STAMPED_GOALS := $(filter-out $(NO_STAGE_GOALS) eval-gen reference remote remote-share sample report,$(MAKECMDGOALS))
 PIPELINE_STAMPS := $(addprefix $(STAMP)/,prepare finetune validate generate evaluate)
 SAMPLE_STAMPS := $(addprefix $(SAMPLE_OUT)/.stamps/,sample evaluate)
 CHECKED_STAMPS := $(if $(STAMPED_GOALS),$(PIPELINE_STAMPS)) $(if $(filter sample,$(MAKECMDGOALS)),$(SAMPLE_STAMPS))
@@ -99,7 +99,7 @@ include docker/docker.mk
 # With RUNNER=docker the goals are the container's (docker/docker.mk): none of the rules below.
 ifndef DOCKER_DISPATCH
 
-.PHONY: help setup setup-compiled-ops pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary \
+.PHONY: help setup setup-compiled-ops pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary report \
         test mattergen-tests bench clean data remote remote-share remote-status remote-fetch
 
 help: ## this list
@@ -226,7 +226,13 @@ $(OUT)/summary.json: $(OUT)/evaluation/metrics.json $(OUT)/generation/results/me
 	@$(SETTINGS_PY) json --write $(OUT)/settings.json $(SETTINGS_ARGS)
 	$(Q)$(PY) stages/summarize.py --run-dir $(OUT) --settings $(OUT)/settings.json
 
-pipeline: $(OUT)/summary.json ## the whole job: prepare, fine-tune, validate, generate, evaluate, summarize
+report: | $(SETUP) ## write OUT/report/index.html from the run's files alone (no model loaded, nothing recomputed)
+	$(Q)$(PY) stages/report.py --run-dir $(OUT)
+
+$(OUT)/report/index.html: $(OUT)/summary.json | $(SETUP)
+	$(Q)$(PY) stages/report.py --run-dir $(OUT)
+
+pipeline: $(OUT)/report/index.html ## the whole job: prepare, fine-tune, validate, generate, evaluate, summarize, report
 	@echo "pipeline: $(OUT)/summary.json"
 
 # ---------------------------------------------------------------- base model, tests

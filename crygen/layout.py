@@ -20,6 +20,7 @@ RUN_PARTS = {
     "results": "generation/results",  # generate and evaluate_generated
     "settings": "settings.json",
     "summary": "summary.json",
+    "report": "report",  # make report: index.html, cif/
     "timings": "timings",  # each stage's wall time and peak memory
     "stamps": ".stamps",  # the settings each stage ran with
     "reference_build": "reference-build",  # make reference's parts

@@ -108,6 +108,8 @@ def summarize_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
         "metrics": {k: metrics[k] for k in ("baseline", "finetuned", "delta", "delta_ci95")},
         "generation_dir": str(gen_dir.resolve()),
         "generation_eval": generation_eval,
+        # written by make report after this summary (make pipeline ends with it), from the run's files
+        "report": str((run.part("report") / "index.html").resolve()),
         "provenance": {
             "versions": versions(),
             "git_commit": git_commit(),

@@ -21,6 +21,21 @@ from tests.helpers import (BASE_MODEL, DEMO_DATA, PROPS, RANDOM_WEIGHTS_START_TI
 TINY_DIFFUSION_STEPS = 10  # sampler N must equal it; keeps sampling tests to seconds
 
 
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """``make pipeline EPOCHS=1 NUM_GEN=2`` into a new folder, and its process (shared by
+    test_pipeline.py and test_report.py)."""
+    from tests.helpers import make
+
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    return out, make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={out}")
+
+
+@pytest.fixture(scope="session")
+def run_dir(pipeline_run):
+    return pipeline_run[0]
+
+
 @pytest.fixture(autouse=True)
 def _deterministic(request):
     import numpy as np

@@ -15,17 +15,6 @@ pytestmark = pytest.mark.slow
 STAGES = ("prepare_data", "finetune", "validate", "generate", "evaluate_generated", "summarize")
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline") / "run"
-    return out, make("pipeline", "EPOCHS=1", "NUM_GEN=2", f"OUT={out}")
-
-
-@pytest.fixture(scope="module")
-def run_dir(pipeline_run):
-    return pipeline_run[0]
-
-
 def said(output: str) -> list[str]:
     """The lines of an output that are not make's own (`make -C` enters and leaves ROOT)."""
     return [line for line in output.splitlines() if line.strip() and not line.startswith("make")]
