@@ -6,6 +6,7 @@ import csv
 import json
 from html.parser import HTMLParser
 
+import ase.io
 import pytest
 
 from tests.helpers import error_line, make
@@ -91,3 +92,27 @@ def test_report_of_a_folder_that_holds_no_run_is_a_one_line_error(tmp_path):
     assert proc.returncode != 0
     assert error_line(proc).startswith(f"report: error: {tmp_path / 'summary.json'}: no summary.json: run `make pipeline`")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_run_whose_evaluation_failed_gets_a_report_that_says_so(run_dir, tmp_path):
+    """The pipeline records a failed evaluation in summary.json and goes on; so does the report,
+    with the generated crystals' composition and CIFs, and no table of results it lacks."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "data", run / "data")
+    shutil.copytree(run_dir / "generation" / "results", run / "generation" / "results")
+    (run / "generation" / "results" / "per_structure.csv").unlink()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["generation_eval"] = {"error": "evaluate_generated: the potential could not be loaded"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    make("report", f"OUT={run}")
+    text = (run / "report" / "index.html").read_text()
+    page = Page()
+    page.feed(text)
+    assert page.headings == ["Run", "Validation: base against fine-tuned model", "Generated crystals",
+                             "Composition and symmetry: generated against training"]
+    assert "<b>Not evaluated:</b> evaluate_generated: the potential could not be loaded" in text
+    generated = ase.io.read(run / "generation" / "results" / "generated_crystals.extxyz", ":")
+    assert len(list((run / "report" / "cif").glob("*.cif"))) == len(generated) > 0
+    assert page.fetched == []

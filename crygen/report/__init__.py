@@ -32,7 +32,7 @@ class RunFiles:
     root: Path
     summary: dict[str, Any]
     rows: list[dict[str, Any]]  # per_structure.csv, typed
-    structures: list[Any]  # pymatgen, relaxed where relaxed, in the rows' order
+    structures: list[Any]  # pymatgen, relaxed where relaxed, in the rows' order (no rows: not evaluated)
     relaxed: bool
     generation: dict[str, Any]  # generation.json
     training_structures: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (cell, frac, numbers)
@@ -44,17 +44,17 @@ class RunFiles:
         if not summary_path.is_file():
             raise CrygenError(summary_path, "no summary.json: run `make pipeline` (or `make summary`) first")
         summary = read_json(summary_path)
-        results = run.part("results")
-        table = results / "per_structure.csv"
-        if not table.is_file():
-            raise CrygenError(table, "missing: the generated crystals were not evaluated")
-        rows = [_typed(r) for r in csv.DictReader(table.open())]
-        relaxed = (results / "relaxed_structures.extxyz").is_file()
         from crygen.structures import read_structures
 
-        structures = read_structures(results / ("relaxed_structures.extxyz" if relaxed else "generated_crystals.extxyz"))
-        if len(structures) != len(rows):
-            raise CrygenError(table, f"{len(rows)} rows for {len(structures)} structures")
+        results = run.part("results")
+        table = results / "per_structure.csv"
+        # an evaluation that failed (summary.json says why) leaves the generated crystals unevaluated
+        rows = [_typed(r) for r in csv.DictReader(table.open())] if table.is_file() else []
+        relaxed = bool(rows) and (results / "relaxed_structures.extxyz").is_file()
+        source = results / ("relaxed_structures.extxyz" if relaxed else "generated_crystals.extxyz")
+        structures = read_structures(source) if source.is_file() else []
+        if rows and len(structures) != len(rows):
+            raise CrygenError(table, f"{len(rows)} rows for {len(structures)} structures in {source.name}")
         generation = read_json(results / "generation.json") if (results / "generation.json").is_file() else {}
         return cls(root, summary, rows, structures, relaxed, generation, _training(run.part("data") / "train"))
 
@@ -118,8 +118,9 @@ def _write_cifs(run: RunFiles, folder: Path) -> list[str]:
     from pymatgen.io.cif import CifWriter
 
     names = []
-    for i, (row, structure) in enumerate(zip(run.rows, run.structures)):
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(row.get("name") or i))
+    for i, structure in enumerate(run.structures):
+        label = run.rows[i].get("name") if run.rows else None
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(label or f"structure-{i}"))
         name = f"{stem.removesuffix('.cif')}.cif"
         (folder / name).write_text(str(CifWriter(structure)))
         names.append(f"cif/{name}")

@@ -73,10 +73,11 @@ class Markup(str):
 def render(run: RunFiles, cif_names: list[str]) -> str:
     """The whole page."""
     groups = [space_group(s.lattice.matrix, s.frac_coords, [site.specie.Z for site in s]) for s in run.structures]
-    for row, group, cif, structure in zip(run.rows, groups, cif_names, run.structures):
+    for row, group, cif in zip(run.rows, groups, cif_names):
         row["space_group"], row["cif"], row["hull_support"] = group, cif, fig.hull_support(row)
-    sections = [_run_card(run), _validation(run), _generation(run), _stability(run), _composition(run),
-                _candidates(run), _structure_table(run), _conditioning(run)]
+    sections = [_run_card(run), _validation(run), _generation(run),  # the rest only where there is something
+                _stability(run) if run.rows else "", _composition(run, groups) if run.structures else "",
+                _candidates(run) if run.rows else "", _structure_table(run) if run.rows else "", _conditioning(run)]
     title = f"crygen run: {_e(run.root.name)}"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body><h1>{title}</h1>" + "".join(s for s in sections if s)
@@ -116,8 +117,9 @@ def _validation(run: RunFiles) -> str:
 
 def _generation(run: RunFiles) -> str:
     evaluation = run.summary.get("generation_eval") or {}
-    if "error" in evaluation:
-        return f"<h2>Generated crystals</h2><p>The evaluation failed: {_e(evaluation['error'])}</p>"
+    if "error" in evaluation or not evaluation:
+        return ("<h2>Generated crystals</h2><p><b>Not evaluated:</b> "
+                f"{_e(evaluation.get('error', 'no evaluation in summary.json'))}</p>")
     metrics = evaluation.get("metrics", {})
     drawn = evaluation.get("validity_over_drawn_samples", {})
     rows = [(k, v) for k, v in metrics.items()]
@@ -145,7 +147,7 @@ def _stability(run: RunFiles) -> str:
             + fig.energy_above_hull(with_energy, STABILITY_THRESHOLD) + "</div>")
 
 
-def _composition(run: RunFiles) -> str:
+def _composition(run: RunFiles, groups: list[str]) -> str:
     generated = [{el.symbol for el in s.composition.elements} for s in run.structures]
     from pymatgen.core.periodic_table import Element
 
@@ -157,7 +159,7 @@ def _composition(run: RunFiles) -> str:
            + fig.side_by_side_counts([len(s) for s in run.structures], [len(n) for _, _, n in run.training_structures],
                                      "atoms per cell")
            + fig.side_by_side_counts([len(s) for s in generated], [len(s) for s in training], "number of elements")
-           + fig.side_by_side_counts([r["space_group"] for r in run.rows], train_groups, "space group", top=15)
+           + fig.side_by_side_counts(groups, train_groups, "space group", top=15)
            + "</div>")
     return out
 
