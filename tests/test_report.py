@@ -85,6 +85,8 @@ def test_make_report_writes_one_self_contained_page_of_the_runs_own_numbers(run_
     assert f"{summary['metrics']['baseline']['loss']:.3f}" in text
     assert f"{summary['metrics']['finetuned']['loss']:.3f}" in text
     assert "NaN" not in text.replace("isNaN", "")
+    # MatterGen's published figures stand beside the run's, labelled as another model's
+    assert "Context, not a score" in text and "<td>38.57</td>" in text
 
 
 def test_report_of_a_folder_that_holds_no_run_is_a_one_line_error(tmp_path):

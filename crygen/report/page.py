@@ -21,6 +21,17 @@ TABLE_COLUMNS = [  # (CSV column or derived key, heading)
     ("relax_steps", "relax steps"), ("relax_converged", "converged"), ("cif", "CIF"),
 ]
 
+# MatterGen's published figures for its base model (trained on Alex-MP-20): the paper's Figs. 2e-2f
+# and Table D4 (Zeni et al., Nature 2025), as MatterGen's README (v1.0.3) lists them. DFT
+# relaxation and energies, stability against the Alex-MP-ICSD hull within 0.1 eV/atom.
+MATTERGEN_PUBLISHED = {  # run metric: (label, published value, unit)
+    "frac_novel_unique_stable_structures": ("S.U.N.", 38.57, "%"),
+    "avg_rmsd_from_relaxation": ("RMSD from relaxation", 0.021, "Å"),
+    "frac_stable_structures": ("stable", 74.41, "%"),
+    "frac_unique_structures": ("unique", 100.0, "%"),
+    "frac_novel_structures": ("novel", 61.96, "%"),
+}
+
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222;font-size:14px}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.6em}
@@ -129,10 +140,26 @@ def _generation(run: RunFiles) -> str:
            f"({'relaxed' if run.relaxed else 'not relaxed'}); MatterGen's metrics over the written structures. "
            f"Over all drawn samples: {_e(drawn.get('denominator', ''))}.</p>" + _table(rows, ("metric", "value")))
     withheld = evaluation.get("withheld_metrics")
+    out += _published_context(metrics, (withheld or {}).get("metrics", {}))
     if withheld:
         out += (f"<p><b>Stability metrics withheld from the plain numbers:</b> {_e(withheld.get('reason'))}</p>"
                 + _table(list(withheld.get("metrics", {}).items()), ("withheld metric", "value")))
     return out
+
+
+def _published_context(metrics: dict[str, Any], withheld: dict[str, Any]) -> str:
+    """The run's values beside MatterGen's published ones for its base model."""
+    rows = []
+    for key, (label, published, unit) in MATTERGEN_PUBLISHED.items():
+        value = metrics.get(key, withheld.get(key))
+        shown = "—" if value is None else f"{100 * value:.1f}" if unit == "%" else f"{value:.3f}"
+        if value is not None and key not in metrics:
+            shown += " (withheld)"
+        rows.append((label, unit, Markup(_e(shown)), Markup(_e(published))))
+    return ("<p class='note'>Context, not a score: MatterGen's published figures for mattergen_base are another "
+            "model's, on another reference (Alex-MP-ICSD) with DFT relaxation and energies (the MatterGen paper, "
+            "Figs. 2e-2f and Table D4, as MatterGen's README lists them).</p>"
+            + _table(rows, ("metric", "unit", "this run", "MatterGen base, published")))
 
 
 def _stability(run: RunFiles) -> str:
