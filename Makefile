@@ -226,11 +226,13 @@ $(OUT)/summary.json: $(OUT)/evaluation/metrics.json $(OUT)/generation/results/me
 	@$(SETTINGS_PY) json --write $(OUT)/settings.json $(SETTINGS_ARGS)
 	$(Q)$(PY) stages/summarize.py --run-dir $(OUT) --settings $(OUT)/settings.json
 
+REPORT_COMMAND = $(PY) stages/report.py --run-dir $(OUT)
+
 report: | $(SETUP) ## write OUT/report/index.html from the run's files alone (no model loaded, nothing recomputed)
-	$(Q)$(PY) stages/report.py --run-dir $(OUT)
+	$(Q)$(REPORT_COMMAND)
 
 $(OUT)/report/index.html: $(OUT)/summary.json | $(SETUP)
-	$(Q)$(PY) stages/report.py --run-dir $(OUT)
+	$(Q)$(REPORT_COMMAND)
 
 pipeline: $(OUT)/report/index.html ## the whole job: prepare, fine-tune, validate, generate, evaluate, summarize, report
 	@echo "pipeline: $(OUT)/summary.json"

@@ -63,17 +63,17 @@ def evaluate(
     ``energy_correction_scheme``. A structure with a non-finite energy is a failed relaxation:
     as in MatterGen it is left out and counted in ``n_failed_jobs``.
     """
+    from crygen.evaluation.matching_ahead import MatchingAhead
+
     dataset = _mattergen_dataset(reference)
     ordered = _is_ordered(reference, dataset)
-    with contextlib.ExitStack() as ahead_stack:
-        ahead = None
-        if energies is None and ordered:  # matched by a child while MatterGen's evaluator is imported
-            from crygen.evaluation.matching_ahead import MatchingAhead
-
-            ahead = MatchingAhead.start(structures, dataset, reduced_form_store_path())
-            if ahead is not None:
-                ahead_stack.callback(ahead.close)
+    # matched by a child while MatterGen's evaluator is imported (None where that cannot help)
+    ahead = MatchingAhead.start(structures, dataset, reduced_form_store_path()) if energies is None and ordered else None
+    try:
         return _evaluate(structures, dataset, ordered, energies, original_structures, energy_correction, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
 
 
 def _evaluate(structures: Sequence[Any], dataset: Any, ordered: bool, energies: Sequence[float] | None,
@@ -257,14 +257,26 @@ def _hull_supports(reference: Any, structures: Sequence[Any]) -> list[dict[str, 
     return [hull_support(reference, s.composition.chemical_system, cache) for s in structures]
 
 
+HULL_SUPPORT_KINDS = ("compounds in its system", "compounds in subsystems only", "elements only")
+
+
+def hull_stands_on(compounds_in_system: int, compounds_in_subsystems: int) -> str:
+    """What a structure's hull stands on (one of :data:`HULL_SUPPORT_KINDS`), from the reference
+    compounds in its chemical system and in its subsystems."""
+    if compounds_in_system > 0:
+        return HULL_SUPPORT_KINDS[0]
+    return HULL_SUPPORT_KINDS[1] if compounds_in_subsystems > 0 else HULL_SUPPORT_KINDS[2]
+
+
 def _hull_support_counts(support: Sequence[dict[str, int]], e_hull: np.ndarray) -> dict[str, Any]:
     """How many stability verdicts (structures with an energy above hull) rest on a hull with
     compounds of their own system, only of subsystems, or on elements only."""
+    from collections import Counter
+
     verdicts = [i for i in range(len(support)) if np.isfinite(e_hull[i])]
-    in_system = sum(1 for i in verdicts if support[i]["compounds_in_system"] > 0)
-    subsystems_only = sum(1 for i in verdicts if support[i]["compounds_in_system"] == 0
-                          and support[i]["compounds_in_subsystems"] > 0)
-    elements_only = len(verdicts) - in_system - subsystems_only
+    kinds = Counter(hull_stands_on(support[i]["compounds_in_system"], support[i]["compounds_in_subsystems"])
+                    for i in verdicts)
+    in_system, subsystems_only, elements_only = (kinds[k] for k in HULL_SUPPORT_KINDS)
     return {
         "verdicts": len(verdicts),
         "with_compounds_in_own_system": in_system,

@@ -6,9 +6,10 @@ import io
 from collections import Counter
 from typing import Any, Sequence
 
+from crygen.evaluation.metrics import HULL_SUPPORT_KINDS, hull_stands_on
+
 GENERATED, TRAINING = "#1f77b4", "#b0b0b0"
-HULL_SUPPORT_COLOURS = {"compounds in its system": "#2ca02c", "compounds in subsystems only": "#ff7f0e",
-                        "elements only": "#d62728"}
+HULL_SUPPORT_COLOURS = dict(zip(HULL_SUPPORT_KINDS, ("#2ca02c", "#ff7f0e", "#d62728")))
 
 
 def _figure(width: float = 6.4, height: float = 3.2):
@@ -35,11 +36,7 @@ def hull_support(row: dict[str, Any]) -> str | None:
     """What a structure's hull stands on, in words (None without an energy above hull)."""
     if row.get("energy_above_hull_per_atom") is None:
         return None
-    if row.get("hull_compounds_in_system"):
-        return "compounds in its system"
-    if row.get("hull_compounds_in_subsystems"):
-        return "compounds in subsystems only"
-    return "elements only"
+    return hull_stands_on(row.get("hull_compounds_in_system") or 0, row.get("hull_compounds_in_subsystems") or 0)
 
 
 def energy_above_hull(rows: Sequence[dict[str, Any]], threshold: float) -> str:
