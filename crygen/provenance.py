@@ -71,7 +71,7 @@ def check_evaluation_settings(path: Path, summary: dict, run_dir: Path, settings
     expected = evaluation_settings(
         path.parent, Reference.from_spec(settings.get("REFERENCE", "default")), PreparedDataset(RunFolder(run_dir).part("data")),
         relax, potential_identity(settings.get("POTENTIAL", "chgnet")) if relax else None, FMAX_DEFAULT,
-        MAX_STEPS_DEFAULT, generation)
+        settings.get("RELAX_STEPS", MAX_STEPS_DEFAULT), generation)
     differing = settings_differences(summary.get("settings") or {}, expected)
     if differing:
         raise CrygenError(path, f"not this run's evaluation: its {', '.join(differing)} differ from the run's "

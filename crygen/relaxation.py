@@ -28,9 +28,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from crygen.fileio import CrygenError, one_line, sha256_file
+from crygen.settings import BY_NAME as SETTINGS_BY_NAME
 
 FMAX_DEFAULT = 0.05  # eV/A, as MatterGen's relax_structures
-MAX_STEPS_DEFAULT = 500
+MAX_STEPS_DEFAULT = int(SETTINGS_BY_NAME["RELAX_STEPS"].default)  # the RELAX_STEPS setting's
 MAX_ATOMS_PER_BATCH_DEFAULT = 512  # MatterSim BatchRelaxer's default
 MATTERSIM_CACHE = Path("~/.local/mattersim/pretrained_models").expanduser()
 MATTERSIM_DEFAULT_WEIGHTS = "mattersim-v1.0.0-1M.pth"

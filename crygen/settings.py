@@ -204,12 +204,17 @@ SETTINGS = (
     Setting("RESULTS", path(), DERIVED, "make eval-gen: a results folder, CIF zip or CIF folder"),
     Setting("EVAL_OUT", path(required=False), "", "make eval-gen: where its results go (default: next to RESULTS)"),
     Setting("RELAX", flag, "1", "relax generated crystals and place them on the hull (1) or not (0)", ("evaluate",)),
+    Setting("RELAX_STEPS", integer(1), "500",
+            "relaxation budget: optimizer steps at most per structure (one still moving is counted unconverged)",
+            ("evaluate",)),
     Setting("POTENTIAL", path(), "chgnet", "chgnet, mattersim or a MatterSim .pth",
             ("evaluate",), content=True),
     Setting("REFERENCE", path(), "default", "convex-hull reference: default or a MatterGen LMDB-gz file",
             ("evaluate",), content=True),
     Setting("ALLOW_POTENTIAL_MISMATCH", flag, "0", "1: evaluate with a POTENTIAL other than the reference's (recorded)",
             ("evaluate",), only_with="ALLOW_POTENTIAL_MISMATCH"),
+    Setting("RUNS", text, "", "make compare: run folders to set side by side, space-separated"),
+    Setting("COMPARE_OUT", path(), "runs/compare", "make compare: where its index.html and runs.csv go"),
     Setting("BASE_STEPS", integer(1), "10000", "make base-model: training steps"),
     Setting("PART", share, "1/1", "make reference: k/n relaxes only the k-th of n shares (spread a build over runs)"),
     Setting("MODEL", path(required=False), "", "make sample: a model dir or a published MatterGen name",
@@ -327,6 +332,18 @@ def file_stat(file: str) -> os.stat_result | None:
             return None
 
 
+PIPELINE_STAMPS = tuple(s for s in STAMPS if s != "sample")  # make pipeline's
+
+
+def run_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Of a run's normalised settings, those that shaped it: the run folder and what the
+    pipeline's stamps hold (an ``only_with`` setting only when it applied), in the table's
+    order. What a run's report and a comparison of runs show."""
+    return {s.name: values[s.name] for s in SETTINGS if s.name in values
+            and (s.name == "OUT" or set(s.stamps) & set(PIPELINE_STAMPS))
+            and not (s.only_with and not values.get(s.only_with))}
+
+
 def stamp_text(stage: str, values: dict[str, Any], raw: dict[str, str], default_reference: str) -> str:
     """A stage's stamp: the settings it depends on and the content of the paths among them.
     It changes exactly when one of those does, so make redoes exactly the stages concerned."""
@@ -407,11 +424,11 @@ def main(argv: list[str]) -> int:
 def path_settings() -> tuple[str, ...]:
     """The variables naming an input file or folder: what travels with a remote job
     (crygen.remote) and what RUNNER=docker mounts (docker/docker.mk, ``paths``). Every setting
-    parsed by :func:`path` but the run folders written (OUT, EVAL_OUT), and REFERENCE_DATA: a
+    parsed by :func:`path` but the folders written (OUT, EVAL_OUT, COMPARE_OUT), and REFERENCE_DATA: a
     Makefile variable (default $(OUT)/data, eval-gen's training data), not a checked setting."""
     code = path().__code__
     return tuple(s.name for s in SETTINGS if getattr(s.parse, "__code__", None) is code
-                 and s.name not in ("OUT", "EVAL_OUT")) + ("REFERENCE_DATA",)
+                 and s.name not in ("OUT", "EVAL_OUT", "COMPARE_OUT")) + ("REFERENCE_DATA",)
 
 
 if __name__ == "__main__":

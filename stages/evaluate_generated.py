@@ -39,7 +39,7 @@ from crygen.cli import run_script, say, setting_option, stage
 from crygen.evaluation.folder import SettingsError
 from crygen.evaluation.shards import PART_SIZE, Sharding
 from crygen.fileio import CrygenError, atomic_path, one_line
-from crygen.relaxation import FMAX_DEFAULT, MAX_STEPS_DEFAULT
+from crygen.relaxation import FMAX_DEFAULT
 
 
 @click.command(help=__doc__)
@@ -53,7 +53,7 @@ from crygen.relaxation import FMAX_DEFAULT, MAX_STEPS_DEFAULT
 @click.option("--allow-potential-mismatch", is_flag=True,
               help="Place energies on a reference built with another potential (recorded in metrics_summary.json).")
 @click.option("--fmax", default=FMAX_DEFAULT, show_default=True, help="Force convergence (eV/A).")
-@click.option("--max-steps", default=MAX_STEPS_DEFAULT, show_default=True, help="Relaxation steps at most.")
+@setting_option("RELAX_STEPS", "--max-steps", show_default=True)
 @setting_option("DEVICE", "--device", show_default=True)
 @click.option("--out", default=None, type=click.Path(path_type=Path),
               help="Output folder (default: RESULTS/evaluations/<settings>, beside a file RESULTS).")

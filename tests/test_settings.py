@@ -228,7 +228,8 @@ def test_stamps_hold_only_the_settings_their_stage_reads():
     values = settings.normalise({**{s.name: "" for s in settings.SETTINGS}, "DATA": "d", "BASE_MODEL": "b",
                                  "OUT": "o", "EPOCHS": "1", "NUM_GEN": "2", "SEED": "3", "DEVICE": "cpu",
                                  "VAL_FRACTION": "0.1", "MAX_ATOMS": "20", "BATCH_SIZE": "8", "GEN_BATCH": "0",
-                                 "DRAWS": "4", "SHARDS": "1", "THREADS": "0", "RESULTS": "r", "RELAX": "1", "POTENTIAL": "chgnet",
+                                 "DRAWS": "4", "SHARDS": "1", "THREADS": "0", "RESULTS": "r", "RELAX": "1", "RELAX_STEPS": "500", "COMPARE_OUT": "c",
+                                 "POTENTIAL": "chgnet",
                                  "REFERENCE": "default", "ALLOW_POTENTIAL_MISMATCH": "0", "BASE_STEPS": "10", "PART": "1/1",
                                  "FINETUNE_MODE": "full", "GUIDANCE": "2.0"})
     raw = {k: str(v) for k, v in values.items()}
