@@ -229,14 +229,14 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 # instead of skipping.
 
 
-def require_programs(*names: str) -> None:
+def require_programs(*names: str, packages: str = "openssh-server slurmctld slurmd slurm-client munge") -> None:
     import shutil
 
     import pytest
 
     missing = [n for n in names if not shutil.which(n, path=os.environ["PATH"] + ":/usr/sbin")]
     if missing:
-        message = f"not installed: {', '.join(missing)} (apt-get install openssh-server slurmctld slurmd slurm-client munge)"
+        message = f"not installed: {', '.join(missing)} (apt-get install {packages})"
         if os.environ.get("CRYGEN_REQUIRE_DAEMONS") == "1":
             pytest.fail(message)
         pytest.skip(message)

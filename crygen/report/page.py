@@ -4,13 +4,13 @@ came out, is it stable, what is it made of, what to look at first, everything), 
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from typing import Any
 
 from crygen.evaluation.metrics import STABILITY_THRESHOLD
 from crygen.report import RunFiles, space_group
 from crygen.report import figures as fig
+from crygen.settings import run_settings
 
 CANDIDATES = 8  # structure pictures shown
 TABLE_COLUMNS = [  # (CSV column or derived key, heading)
@@ -44,7 +44,7 @@ th{background:#f2f2f2}#structures th{cursor:pointer}.note{color:#555;font-size:.
 
 SCRIPT = """
 const table=document.getElementById('structures');
-table.querySelectorAll('th').forEach((th,i)=>th.addEventListener('click',()=>{
+if(table){table.querySelectorAll('th').forEach((th,i)=>th.addEventListener('click',()=>{
   const body=table.tBodies[0];const rows=[...body.rows];const up=th.dataset.order!=='up';
   table.querySelectorAll('th').forEach(h=>delete h.dataset.order);th.dataset.order=up?'up':'down';
   const key=r=>{const t=r.cells[i].dataset.v??r.cells[i].textContent;const n=parseFloat(t);return isNaN(n)?t:n;};
@@ -52,7 +52,7 @@ table.querySelectorAll('th').forEach((th,i)=>th.addEventListener('click',()=>{
     if(typeof x!==typeof y)return (typeof x==='number'?-1:1)*(up?1:-1);return (x<y?-1:1)*(up?1:-1);});
   rows.forEach(r=>body.appendChild(r));}));
 document.getElementById('filter').addEventListener('input',e=>{const q=e.target.value.toLowerCase();
-  [...table.tBodies[0].rows].forEach(r=>{r.style.display=r.textContent.toLowerCase().includes(q)?'':'none';});});
+  [...table.tBodies[0].rows].forEach(r=>{r.style.display=r.textContent.toLowerCase().includes(q)?'':'none';});});}
 """
 
 
@@ -97,7 +97,7 @@ def render(run: RunFiles, cif_names: list[str]) -> str:
 
 def _run_card(run: RunFiles) -> str:
     provenance = run.summary.get("provenance", {})
-    settings = provenance.get("settings", {})
+    settings = run_settings(provenance.get("settings", {}))
     versions = provenance.get("versions", {})
     stages = provenance.get("stages", {})
     card = [(k, v) for k, v in settings.items()] + [("device", run.generation.get("device")),
@@ -233,6 +233,26 @@ def _conditioning(run: RunFiles) -> str:
     conditioning = run.summary.get("conditioning")
     if not conditioning:
         return ""
-    return ("<h2>Property conditioning</h2><pre>" + _e(json.dumps(conditioning, indent=1)) + "</pre>"
-            "<p class='note'>How often the condition was met is not measured: crygen does not predict the "
-            "property of generated crystals.</p>")
+    settings = [("properties", ", ".join(conditioning.get("properties") or [])),
+                ("condition", ", ".join(f"{k} = {v}" for k, v in (conditioning.get("condition") or {}).items())),
+                ("guidance factor", conditioning.get("guidance"))]
+    evaluation = run.summary.get("generation_eval") or {}
+    rows = []
+    for name, met in (evaluation.get("condition") or {}).items():
+        if met.get("computable") is False:
+            rows.append((name, met.get("target"), Markup("not measured"), met.get("note", "")))
+        elif "frac_exact_system" in met:
+            rows.append((name, met["target"], Markup(f"{100 * met['frac_exact_system']:.1f} %"),
+                         f"exactly this system; {100 * met['frac_within_system']:.1f} % within it (its "
+                         "subsystems included)"))
+        elif "frac_matching" in met:
+            rows.append((name, met["target"], Markup(f"{100 * met['frac_matching']:.1f} %"),
+                         f"this space group, spglib at symprec {met.get('symprec')} Å"))
+    met_table = (f"<p class='note'>How often the condition was met, over the {_e(evaluation.get('count'))} "
+                 "generated structures evaluated:</p>" + _table(rows, ("property", "target", "met", "what counts"))
+                 if rows else "<p class='note'>How often the condition was met: not evaluated.</p>")
+    validation = conditioning.get("validation") or {}
+    delta = (validation.get("conditioning") or {}).get("delta", {}).get("loss")
+    return ("<h2>Property conditioning</h2>" + _table(settings, ("setting", "value")) + met_table
+            + (f"<p class='note'>Validation loss with the condition fed minus without: {_number(delta, 4)} "
+               "(negative: the model uses the condition).</p>" if delta is not None else ""))
