@@ -82,7 +82,7 @@ COMMAND_LINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(orig
 # editing a variable, or those files, redoes exactly the stages concerned, and a second
 # identical run does nothing. They are compared here and remade by a rule (a changed one
 # through FORCE), so `make -n` plans truly and writes nothing.
-STAMPED_GOALS := $(filter-out $(NO_STAGE_GOALS) eval-gen reference remote remote-share sample report,$(MAKECMDGOALS))
+STAMPED_GOALS := $(filter-out $(NO_STAGE_GOALS) eval-gen reference remote remote-share sample report compare,$(MAKECMDGOALS))
 PIPELINE_STAMPS := $(addprefix $(STAMP)/,prepare finetune validate generate evaluate)
 SAMPLE_STAMPS := $(addprefix $(SAMPLE_OUT)/.stamps/,sample evaluate)
 CHECKED_STAMPS := $(if $(STAMPED_GOALS),$(PIPELINE_STAMPS)) $(if $(filter sample,$(MAKECMDGOALS)),$(SAMPLE_STAMPS))
@@ -99,7 +99,7 @@ include docker/docker.mk
 # With RUNNER=docker the goals are the container's (docker/docker.mk): none of the rules below.
 ifndef DOCKER_DISPATCH
 
-.PHONY: help setup setup-compiled-ops pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary report \
+.PHONY: help setup setup-compiled-ops pipeline prepare-data base-model finetune validate generate sample eval-gen reference summary report compare \
         test mattergen-tests bench clean data remote remote-share remote-status remote-fetch
 
 help: ## this list
@@ -197,7 +197,7 @@ $(SAMPLE_OUT)/results/metrics_summary.json: $(SAMPLE_OUT)/results/generated_crys
 
 # In the pipeline an evaluation failure is recorded (summary.json says why) and the run
 # goes on; `make eval-gen` on its own fails with the reason.
-EVAL_ARGS = --reference $(REFERENCE) --potential $(POTENTIAL) --device $(DEVICE) \
+EVAL_ARGS = --reference $(REFERENCE) --potential $(POTENTIAL) --device $(DEVICE) --max-steps $(RELAX_STEPS) \
   --shards $(SHARDS) --threads $(THREADS) $(if $(filter 0 no false,$(RELAX)),--no-relax,--relax) \
   $(if $(filter 1 yes true,$(ALLOW_POTENTIAL_MISMATCH)),--allow-potential-mismatch)
 
@@ -210,7 +210,7 @@ $(OUT)/generation/results/metrics_summary.json: $(OUT)/generation/results/genera
 # (nor its timing into OUT/timings, which a pipeline's summary reads as its own)
 eval-gen reference: export CRYGEN_TIMINGS_DIR =
 eval-gen: export CRYGEN_LOG_DIR = $(abspath $(or $(EVAL_OUT),$(if $(wildcard $(RESULTS)/.),$(RESULTS),$(dir $(RESULTS)))))/logs
-eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF folder> RELAX POTENTIAL REFERENCE EVAL_OUT ALLOW_POTENTIAL_MISMATCH SHARDS THREADS
+eval-gen: | $(SETUP) ## evaluate crystals: RESULTS=<results dir, CIF zip or CIF folder> RELAX RELAX_STEPS POTENTIAL REFERENCE EVAL_OUT ALLOW_POTENTIAL_MISMATCH SHARDS THREADS
 	$(Q)$(PY) stages/evaluate_generated.py --results $(RESULTS) $(EVAL_ARGS) \
 	  $(if $(wildcard $(REFERENCE_DATA)/dataset.json),--training-data $(REFERENCE_DATA)) \
 	  $(if $(EVAL_OUT),--out $(EVAL_OUT))
@@ -233,6 +233,12 @@ report: | $(SETUP) ## write OUT/report/index.html from the run's files alone (no
 
 $(OUT)/report/index.html: $(OUT)/summary.json | $(SETUP)
 	$(Q)$(REPORT_COMMAND)
+
+# Compare writes into none of the runs: no log or timing under a default OUT.
+compare: export CRYGEN_LOG_DIR =
+compare: export CRYGEN_TIMINGS_DIR =
+compare: | $(SETUP) ## runs side by side, those settings that differ marked: RUNS="runs/a runs/b ..." COMPARE_OUT
+	$(Q)$(PY) stages/compare.py --out $(call shq,$(COMPARE_OUT)) $(foreach r,$(RUNS),$(call shq,$r))
 
 pipeline: $(OUT)/report/index.html ## the whole job: prepare, fine-tune, validate, generate, evaluate, summarize, report
 	@echo "pipeline: $(OUT)/summary.json"
