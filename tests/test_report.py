@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import re
 from html.parser import HTMLParser
 
 import ase.io
@@ -139,8 +141,8 @@ CIFS_JS = """Promise.all([...document.querySelectorAll('#structures a')].map(a =
 def test_the_report_opens_offline_in_headless_chromium_and_its_table_sorts(run_dir):
     """Issue 20's check in a real browser: Debian's chromium, file://, network off. No console
     error and no request, every figure drawn, the table sorted by a real click on a heading (up,
-    then down), the filter narrows it, every CIF link opens in the browser as its row's crystal;
-    a full-page screenshot is kept in the run folder."""
+    then down), the filter narrows it, every CIF link opens in the browser as its row's crystal,
+    the page prints (to a PDF of pages); a full-page screenshot is kept in the run folder."""
     from pymatgen.core import Structure
 
     from crygen.report.browser import HeadlessChromium
@@ -173,6 +175,8 @@ def test_the_report_opens_offline_in_headless_chromium_and_its_table_sorts(run_d
 
         cifs = browser.evaluate(CIFS_JS)
         browser.screenshot(run_dir / "report-screenshot.png")
+        pdf = base64.b64decode(browser.call("Page.printToPDF", printBackground=False)["data"])  # as printed
+        assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) >= 2  # pages
         assert browser.errors == [] and browser.requests == []
     assert load_s < 10
     assert sorted(Structure.from_str(c["text"], fmt="cif").composition.reduced_formula for c in cifs) == sorted(
