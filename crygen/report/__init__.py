@@ -100,6 +100,18 @@ def space_group(cell: Any, frac: Any, numbers: Any) -> str:
     return found.replace(" ", "\u2009") if found else "?"
 
 
+def cell_text(value: Any, missing: str = "", float_format: str = "{:.4g}") -> str:
+    """A value as the report's pages and tables show it: booleans as yes/no, floats formatted,
+    ``missing`` for None."""
+    if value is None:
+        return missing
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return float_format.format(value)
+    return str(value)
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report of ``run_dir`` into ``out`` (default ``run_dir/report``); its index.html."""
     from crygen.report.page import render

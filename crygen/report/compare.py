@@ -17,6 +17,7 @@ from typing import Any
 
 from crygen.fileio import CrygenError, atomic_path, read_json
 from crygen.layout import RunFolder
+from crygen.report import cell_text
 from crygen.settings import run_settings
 
 DIFFERS = "differs"  # the CSV's and the page's mark on a setting or version that is not the same in every run
@@ -50,7 +51,7 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[Row]:
     def add(section: str, quantity: str, values: list[Any], mark: bool = False) -> None:
         if all(v is None for v in values):
             return
-        rows.append(Row(section, quantity, values, mark and len({_text(v) for v in values}) > 1))
+        rows.append(Row(section, quantity, values, mark and len({cell_text(v) for v in values}) > 1))
 
     provenance = [s.get("provenance", {}) for s in summaries]
     settings = [run_settings(p.get("settings", {})) for p in provenance]
@@ -118,16 +119,6 @@ def _interval(metrics: dict[str, Any], term: str) -> str | None:
     return f"[{low:.4f}, {high:.4f}] ({reading})"
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _run_names(runs: list[Path]) -> list[str]:
     """Folder names, or the paths where two runs share a name."""
     names = [r.name for r in runs]
@@ -139,7 +130,7 @@ def _csv(rows: list[Row], names: list[str]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["section", "quantity", *names, DIFFERS])
     for row in rows:
-        writer.writerow([row.section, row.quantity, *(_text(v) for v in row.values), "yes" if row.differs else ""])
+        writer.writerow([row.section, row.quantity, *(cell_text(v) for v in row.values), "yes" if row.differs else ""])
     return buffer.getvalue()
 
 
@@ -160,7 +151,7 @@ def _html(rows: list[Row], names: list[str], runs: list[Path]) -> str:
             section = row.section
             body.append(f"<tr class='section'><th colspan='{len(names) + 2}'>{e(section)}</th></tr>")
         mark = "<span class='mark'>&ne; differs</span>" if row.differs else ""
-        cells = "".join(f"<td>{e(_text(v))}</td>" for v in row.values)
+        cells = "".join(f"<td>{e(cell_text(v))}</td>" for v in row.values)
         body.append(f"<tr{' class=differs' if row.differs else ''}><td>{e(row.quantity)}</td>{cells}<td>{mark}</td></tr>")
     differing = [r.quantity for r in rows if r.differs and r.section == "setting"]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>crygen: runs compared</title>"

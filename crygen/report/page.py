@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from crygen.evaluation.metrics import STABILITY_THRESHOLD
-from crygen.report import RunFiles, space_group
+from crygen.report import RunFiles, cell_text, space_group
 from crygen.report import figures as fig
 from crygen.settings import run_settings
 
@@ -61,13 +61,7 @@ def _e(value: Any) -> str:
 
 
 def _number(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return _e(value)
+    return _e(cell_text(value, "—", f"{{:.{digits}f}}"))
 
 
 def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...]) -> str:
