@@ -142,7 +142,7 @@ def test_the_report_opens_offline_in_headless_chromium_and_its_table_sorts(run_d
     """Issue 20's check in a real browser: Debian's chromium, file://, network off. No console
     error and no request, every figure drawn, the table sorted by a real click on a heading (up,
     then down), the filter narrows it, every CIF link opens in the browser as its row's crystal,
-    the page prints (to a PDF of pages); a full-page screenshot is kept in the run folder."""
+    the page prints (to a PDF of two or more pages); a full-page screenshot is kept in the run folder."""
     from pymatgen.core import Structure
 
     from crygen.report.browser import HeadlessChromium
