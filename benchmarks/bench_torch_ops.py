@@ -10,7 +10,8 @@ hidden from the import system, so that crygen's provided modules serve MatterGen
 Alternating order, best of the rounds; the crystals of the two must be equal. Training: the
 same alternation of fresh processes running ``stages/finetune.py`` on the demo crystals
 (prepared once, as ``make pipeline`` prepares them) for ``--train-steps`` steps of batch 32,
-timed whole and per step (between the stage's first and last progress lines, whole seconds). Results go to stdout and runs/bench/torch_ops.json.
+timed whole and per step (between the stage's first and last progress lines, in tenths of a
+second). ``--num 0``: training only. Results go to stdout and runs/bench/torch_ops.json.
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ def time_training(how: str, data: Path, work: Path, steps: int) -> tuple[float, 
     out = work / f"finetune_{how}"
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", STAGE, str(ROOT / "stages" / "finetune.py"), "--base-model",
-                           str(ROOT / "data" / "base_model"), "--data", str(data), "--out", str(out), "--epochs", "1",
+                           str(ROOT / "data" / "base_model"), "--data", str(data), "--out", str(out), "--epochs", "100",
                            "--max-steps", str(steps), "--device", "cpu"], capture_output=True, text=True, check=True,
                           cwd=ROOT, env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0",
                                          "CRYGEN_LOG_DIR": ""})
     seconds = time.perf_counter() - start
     shutil.rmtree(out)
-    # "finetune: epoch 0 step 12/60 loss 6.793 (13 s)", every tenth of the steps
-    progress = [(int(m[1]), int(m[2])) for m in re.finditer(r"step (\d+)/\d+ .*\((\d+) s\)", proc.stdout + proc.stderr)]
+    # "finetune: epoch 2 step 48/60 loss 6.793 (13.4 s)", five lines a run (--epochs only bounds it:
+    # --max-steps ends it, so that steps, not the 24 of one demo epoch, decide what is timed)
+    progress = [(int(m[1]), float(m[2])) for m in re.finditer(r"step (\d+)/\d+ .*\(([\d.]+) s\)", proc.stdout + proc.stderr)]
     (step_0, t_0), (step_1, t_1) = progress[0], progress[-1]
     return seconds, (t_1 - t_0) / (step_1 - step_0)
 
@@ -90,13 +92,14 @@ def main(num: int, repeats: int, threads: int, train_steps: int):
                            capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "CRYGEN_LOG_DIR": ""})
         for r in range(repeats):
             for how in (("compiled", "plain") if r % 2 == 0 else ("plain", "compiled")):
-                proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "data" / "base_model"), how, str(num),
-                                       str(threads)], capture_output=True, text=True, check=True, cwd=ROOT,
-                                      env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0"})
-                out = json.loads(proc.stdout.strip().splitlines()[-1])
-                times[how].append(round(out["seconds"], 1))
-                crystals[how] = out["crystals"]
-                print(f"{how}: {times[how][-1]} s sampling", file=sys.stderr, flush=True)
+                if num:
+                    proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "data" / "base_model"), how, str(num),
+                                           str(threads)], capture_output=True, text=True, check=True, cwd=ROOT,
+                                          env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0"})
+                    out = json.loads(proc.stdout.strip().splitlines()[-1])
+                    times[how].append(round(out["seconds"], 1))
+                    crystals[how] = out["crystals"]
+                    print(f"{how}: {times[how][-1]} s sampling", file=sys.stderr, flush=True)
                 if train_steps:
                     process_s, step_s = time_training(how, data, work, train_steps)
                     training[how].append(round(process_s, 1))
@@ -105,9 +108,10 @@ def main(num: int, repeats: int, threads: int, train_steps: int):
                           file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"num": num, "threads": threads, "sampling_s": times,
-              "plain_over_compiled": round(min(times["plain"]) / min(times["compiled"]), 3),
-              "same_crystals": crystals["plain"] == crystals["compiled"]}
+    report = {"num": num, "threads": threads}
+    if num:
+        report.update({"sampling_s": times, "plain_over_compiled": round(min(times["plain"]) / min(times["compiled"]), 3),
+                       "same_crystals": crystals["plain"] == crystals["compiled"]})
     if train_steps:
         report.update({"train_steps": train_steps, "training_process_s": training, "training_step_s": per_step,
                        "training_process_plain_over_compiled": round(min(training["plain"]) / min(training["compiled"]), 3),

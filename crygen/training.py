@@ -51,7 +51,7 @@ def _progress_callback(name: str, every: int | None):
                 total = int(trainer.estimated_stepping_batches or 0)
                 of = f"/{total}" if 0 < total < float("inf") else ""
                 say(f"{name}: epoch {trainer.current_epoch} step {step}{of} {loss_text} "
-                    f"({time.time() - self.start:.0f} s)")
+                    f"({time.time() - self.start:.1f} s)")
 
     return Progress()
 
