@@ -54,6 +54,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def ops_env(how: str) -> dict[str, str]:
+    """The environment of a fresh process with the compiled ops importable ("compiled") or hidden ("plain")."""
+    return {**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0"}
+
+
 def time_training(how: str, data: Path, work: Path, steps: int) -> tuple[float, float]:
     """A whole ``stages/finetune.py`` process, ``how``: compiled or plain: its seconds, and the
     seconds per training step between its first and last progress lines (start-up left out)."""
@@ -62,12 +67,12 @@ def time_training(how: str, data: Path, work: Path, steps: int) -> tuple[float, 
     proc = subprocess.run([sys.executable, "-c", STAGE, str(ROOT / "stages" / "finetune.py"), "--base-model",
                            str(ROOT / "data" / "base_model"), "--data", str(data), "--out", str(out), "--epochs", "100",
                            "--max-steps", str(steps), "--device", "cpu"], capture_output=True, text=True, check=True,
-                          cwd=ROOT, env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0",
-                                         "CRYGEN_LOG_DIR": ""})
+                          cwd=ROOT, env={**ops_env(how), "CRYGEN_LOG_DIR": ""})
     seconds = time.perf_counter() - start
     shutil.rmtree(out)
     # "finetune: epoch 2 step 48/60 loss 6.793 (13.4 s)", five lines a run (--epochs only bounds it:
-    # --max-steps ends it, so that steps, not the 24 of one demo epoch, decide what is timed)
+    # --max-steps ends it, so that steps, not the 24 of one demo epoch, decide what is timed; the
+    # epoch ends between, with their checkpoints, fall in both arms alike)
     progress = [(int(m[1]), float(m[2])) for m in re.finditer(r"step (\d+)/\d+ .*\(([\d.]+) s\)", proc.stdout + proc.stderr)]
     (step_0, t_0), (step_1, t_1) = progress[0], progress[-1]
     return seconds, (t_1 - t_0) / (step_1 - step_0)
@@ -95,7 +100,7 @@ def main(num: int, repeats: int, threads: int, train_steps: int):
                 if num:
                     proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "data" / "base_model"), how, str(num),
                                            str(threads)], capture_output=True, text=True, check=True, cwd=ROOT,
-                                          env={**os.environ, "HIDE_COMPILED_OPS": "1" if how == "plain" else "0"})
+                                          env=ops_env(how))
                     out = json.loads(proc.stdout.strip().splitlines()[-1])
                     times[how].append(round(out["seconds"], 1))
                     crystals[how] = out["crystals"]
