@@ -126,6 +126,12 @@ PATCHES: dict[str, Patch] = _declare(
     Patch("ops.torch_sparse", "provide", "torch_sparse",
           "GemNet lists each edge's triplets with its SparseTensor (rows selected by index); "
           "the same triplets in the same order", _MATTERGEN, "crygen.mattergen.torch_ops"),
+    Patch("model.no_init_before_load", "replace", "torch.nn.init:orthogonal_",
+          "GemNet draws each weight matrix orthogonal (a QR decomposition per layer: 1.5 s of a "
+          "MatterGen-size build) and a checkpoint then overwrites every weight; while a module "
+          "is built only to load one, the draw is skipped. Strict loading proves nothing is left "
+          "unloaded; sampling seeds its RNG after the build",
+          {**_MATTERGEN, "torch": "2.13.0"}, "crygen.mattergen.model_dir:_orthogonal_skipped"),
     Patch("model.property_source_ids", "extend", "mattergen.common.utils.globals:PROPERTY_SOURCE_IDS",
           "MatterGen accepts a conditioning property only if its name is in this list",
           _MATTERGEN),

@@ -24,14 +24,24 @@ def test_gemnet_scale_file_is_installed_where_gemnet_reads_it():
     assert values["TripInteraction_1_had_rbf"] == pytest.approx(18.8736, rel=1e-4)
 
 
-def test_model_dir_loads_in_mattergens_own_loader(tiny_model):
-    """MatterGen's MatterGenCheckpointInfo + load_model_diffusion accept crygen's model dir."""
+def test_model_dir_loads_in_mattergens_own_loader(tiny_model, monkeypatch):
+    """MatterGen's MatterGenCheckpointInfo + load_model_diffusion accept crygen's model dir, and
+    crygen's build, which skips the orthogonal draws the checkpoint overwrites, holds the same
+    weights; the draw is torch's own again afterwards."""
     from mattergen.common.utils.eval_utils import load_model_diffusion
 
+    draws = []
+    torchs = torch.nn.init.orthogonal_
+    monkeypatch.setattr(torch.nn.init, "orthogonal_", lambda t, *a, **k: draws.append(t.shape) or torchs(t, *a, **k))
     info = mc.checkpoint_info(tiny_model)
     assert info.checkpoint_path.endswith("checkpoints/last.ckpt")
     module = load_model_diffusion(info)
+    mattergens_draws = len(draws)
+    assert mattergens_draws > 10
     ours = mc.load_lightning_module(tiny_model)
+    assert len(draws) == mattergens_draws  # none while crygen built its module
+    load_model_diffusion(info)
+    assert len(draws) == 2 * mattergens_draws
     for (k, a), (_, b) in zip(module.state_dict().items(), ours.state_dict().items()):
         assert torch.equal(a.cpu(), b), k
     # the GemNet scale factors live in the checkpoint, not only in the json file

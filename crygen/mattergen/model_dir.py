@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crygen.fileio import CrygenError, atomic_path, dumps_json
+from crygen.patches import applied
 
 CRYGEN_MODEL_INFO = "crygen_model.json"  # extra facts crygen keeps beside config.yaml
 _LFS_POINTER_PROBLEM = ("a Git LFS pointer, not the checkpoint (the repository was cloned without "
@@ -165,7 +166,8 @@ class ModelDir:
 
         ensure_mattergen_files()
         config = OmegaConf.create(self._read_config()[0])
-        module = instantiate(config.lightning_module)
+        with applied("model.no_init_before_load"):
+            module = instantiate(config.lightning_module)
         assert isinstance(module, DiffusionLightningModule)
         module.load_state_dict(self.checkpoint["state_dict"], strict=True)
         self._checkpoint = None  # the module holds the weights now
@@ -180,6 +182,12 @@ class ModelDir:
         written = cls(dest)
         written._checkpoint = weights._checkpoint  # the same bytes
         return written
+
+
+def _orthogonal_skipped(tensor, *args, **kwargs):
+    """``torch.nn.init.orthogonal_`` while a module is built for a checkpoint's weights: the
+    tensor as it is (patch ``model.no_init_before_load``)."""
+    return tensor
 
 
 def _refuse_lfs_pointer(path: Path) -> None:
