@@ -36,6 +36,18 @@ def run_dir(pipeline_run):
     return pipeline_run[0]
 
 
+@pytest.fixture(scope="session")
+def local_shell_run(tmp_path_factory):
+    """``make remote MACHINE=local TARGET=pipeline EPOCHS=2 NUM_GEN=2 RELAX=0``: the job folders'
+    parent and the process. A second real run, differing from ``pipeline_run`` in EPOCHS and
+    RELAX: test_remote.py checks the job, test_report.py compares the two runs."""
+    from tests.helpers import FAKE_ACCOUNT, FAKE_SECRETS, make_remote
+
+    folder = tmp_path_factory.mktemp("local-shell")
+    return folder, make_remote(folder, "remote", "MACHINE=local", "TARGET=pipeline", "EPOCHS=2", "NUM_GEN=2",
+                               "RELAX=0", "WAIT=1", env={**FAKE_ACCOUNT, **FAKE_SECRETS})
+
+
 @pytest.fixture(autouse=True)
 def _deterministic(request):
     import numpy as np

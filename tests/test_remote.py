@@ -226,9 +226,8 @@ def test_a_bad_profile_stops_before_anything_is_staged(tmp_path):
 
 
 # ---------------------------------------------------------------- the local shell
-def test_local_shell_runs_the_pipeline_end_to_end(tmp_path):
-    proc = make_remote(tmp_path, "remote", "MACHINE=local", "TARGET=pipeline", "EPOCHS=1", "NUM_GEN=2", "WAIT=1",
-                       env={**FAKE_ACCOUNT, **FAKE_SECRETS})
+def test_local_shell_runs_the_pipeline_end_to_end(local_shell_run):
+    tmp_path, proc = local_shell_run
     assert_ok(proc)
     job, record = only_job(tmp_path)
     run = job / "run"
@@ -238,7 +237,7 @@ def test_local_shell_runs_the_pipeline_end_to_end(tmp_path):
     assert (run / "generation" / "results" / "generated_crystals.extxyz").is_file()
     assert (run / "evaluation" / "metrics.json").is_file() and (job / "make.log").is_file()
     assert not (job / "task").exists()  # what travelled is gone once the results are in
-    assert record["make_vars"]["EPOCHS"] == "1" and record["make_vars"]["NUM_GEN"] == "2"
+    assert record["make_vars"]["EPOCHS"] == "2" and record["make_vars"]["NUM_GEN"] == "2"
     assert_no_secret(tmp_path, proc.stdout, proc.stderr)
 
 

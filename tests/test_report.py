@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import ase.io
 import pytest
 
-from tests.helpers import error_line, make
+from tests.helpers import error_line, make, only_job
 
 pytestmark = pytest.mark.slow
 
@@ -227,17 +227,17 @@ def test_a_conditioned_run_reports_how_often_its_condition_was_met(run_dir, tmp_
     assert f"over the {summary['generation_eval']['count']} generated structures" in text
 
 
-def test_make_compare_sets_two_runs_side_by_side_and_marks_what_differs(run_dir, tmp_path):
-    """Issue 20: two real runs, EPOCHS=1 and EPOCHS=2 (the second without relaxation, to keep
-    it short): both are shown, EPOCHS and RELAX are marked as differing, NUM_GEN is not, and each
-    run's validation change and generation metrics are its summary's."""
-    other = tmp_path / "epochs2"
-    make("pipeline", "EPOCHS=2", "NUM_GEN=2", "RELAX=0", f"OUT={other}")
+def test_make_compare_sets_two_runs_side_by_side_and_marks_what_differs(run_dir, local_shell_run, tmp_path):
+    """Issue 20: two real runs, EPOCHS=1 and, through the local shell, EPOCHS=2 (without
+    relaxation, to keep it short): both are shown, EPOCHS and RELAX are marked as differing,
+    NUM_GEN is not, and each run's validation change and generation metrics are its summary's."""
+    other = only_job(local_shell_run[0])[0] / "run"
     out = tmp_path / "compare"
     proc = make("compare", f"RUNS={run_dir} {other}", f"COMPARE_OUT={out}")
     assert f"compare: {out / 'index.html'}" in proc.stderr
     table = {(r["section"], r["quantity"]): r for r in csv.DictReader((out / "runs.csv").open())}
-    names = [run_dir.name, other.name]
+    assert run_dir.name == other.name == "run"
+    names = [str(run_dir), str(other)]  # two runs of one name: the columns name their paths
     assert [table["setting", "EPOCHS"][n] for n in names] == ["1", "2"] and table["setting", "EPOCHS"]["differs"] == "yes"
     assert table["setting", "RELAX"]["differs"] == "yes" and table["setting", "NUM_GEN"]["differs"] == ""
     summaries = [json.loads((r / "summary.json").read_text()) for r in (run_dir, other)]
