@@ -89,11 +89,11 @@ def auto_batch_size(num_gen: int, model_config: dict[str, Any], device: str) -> 
     1.6x the crystals per minute of 64). On CPU a bigger batch saves only the fixed cost of
     each sampler step (Python and op dispatch, about 7 ms of GemNet's 11 ms per step at batch
     4 for the embedded model); per-crystal compute decides the rest, and crygen's radius graph, bilinear layer
-    and memory reuse (crygen.mattergen.speedups, keep_freed_memory) cut it by about 30 %. End to end on
-    two cores, batches of 64 or 128 sample 3.2x as many crystals per minute as batches of 4
-    with the embedded model (tests/bench_pipeline.py, alternating runs; 2.1x without those
-    speed-ups). At MatterGen's real size a CPU is compute-bound from the first structure
-    (README, "MatterGen's own models"); GPUs gain more.
+    and memory reuse (crygen.mattergen.speedups, keep_freed_memory) cut it by about 30 %. How
+    many more crystals per minute a batch of 64 samples than one of 4 is measured by
+    benchmarks/bench_pipeline.py (figures in the README's speed section). At MatterGen's real
+    size a CPU is compute-bound from the first structure (README, "MatterGen's own models");
+    GPUs gain more.
     """
     per_structure_mb = structure_memory_mb(model_config)
     if device.startswith("cuda"):
