@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import ase.io
 import pytest
 
-from tests.helpers import error_line, make, only_job
+from tests.helpers import assert_ok, error_line, make, only_job
 
 pytestmark = pytest.mark.slow
 
@@ -231,6 +231,7 @@ def test_make_compare_sets_two_runs_side_by_side_and_marks_what_differs(run_dir,
     """Issue 20: two real runs, EPOCHS=1 and, through the local shell, EPOCHS=2 (without
     relaxation, to keep it short): both are shown, EPOCHS and RELAX are marked as differing,
     NUM_GEN is not, and each run's validation change and generation metrics are its summary's."""
+    assert_ok(local_shell_run[1])
     other = only_job(local_shell_run[0])[0] / "run"
     out = tmp_path / "compare"
     proc = make("compare", f"RUNS={run_dir} {other}", f"COMPARE_OUT={out}")
