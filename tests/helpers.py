@@ -362,15 +362,18 @@ GENERATION_PROBE = """
 import json, resource, sys
 from pathlib import Path
 from crygen.generation import generate
-r = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=0, batch_size=int(sys.argv[3]),
+r = generate(Path(sys.argv[1]), int(sys.argv[2]), seed=int(sys.argv[4]), batch_size=int(sys.argv[3]),
              record_trajectories=False, log=lambda m: None)
-print(json.dumps({"n": len(r.structures), "seconds": r.seconds, "failed_batches": r.failed_batches,
+print(json.dumps({"n": len(r.structures), "atoms": sum(len(s) for s in r.structures), "seconds": r.seconds,
+                  "failed_batches": r.failed_batches,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_generation_probe(model_dir: Path, num_gen: int, batch: int, env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch)],
+def run_generation_probe(model_dir: Path, num_gen: int, batch: int, env: dict | None = None, seed: int = 0) -> dict:
+    """crygen's generation of ``num_gen`` crystals in batches of ``batch`` from ``seed``, in a process
+    of its own: crystals and atoms written, sampling seconds, failed batches, peak RSS."""
+    proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(model_dir), str(num_gen), str(batch), str(seed)],
                           check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
