@@ -68,10 +68,9 @@ def time_generation(model_dir: Path, num_gen: int, repeats: int, seeds: int) -> 
     """Each run in its own process, so peak memory is its own; the automatic and the fixed batch
     alternate, so a machine whose speed drifts (shared hosts do, by 20 %) slows both alike.
 
-    Over ``seeds`` seeds: a batch's cost follows the atoms its crystals drew, and one seed's 64
-    crystals drew from 399 to 549 atoms (seeds 0-11 of the embedded model), which moves the
-    automatic batch's time by as much; the batch of 4 draws 16 batches, so varies less. The
-    atoms each run wrote are reported beside its time."""
+    Over ``seeds`` seeds: a batch's cost follows the atoms its crystals drew, which vary from
+    seed to seed (the README gives the range); the batch of 4 draws 16 batches, so varies less.
+    The atoms each run wrote are reported beside its time."""
     from crygen.generation import auto_batch_size
     from crygen.mattergen.model_dir import load_model_config
 
